@@ -1,0 +1,107 @@
+"""Cost of every registered aggregator relative to FedAvg, in time and peak memory.
+
+    python bench/aggregators.py            # n in {10, 50} x d in {1M, 16.8M} (16.8M = LoRA r=32
+                                           # on q,v of a 7B model: 32 layers x 2 x 32 x 8192)
+    python bench/aggregators.py --quick    # d in {100k, 1M}: a fast check
+    python bench/aggregators.py --n 20 --d 2000000 --only median,krum
+
+Each (aggregator, n, d) runs in a fresh subprocess so peaks do not mix: it stacks random fp32
+updates (n, d), resets the peak RSS, then times the aggregator (median of 5 after a warmup; a
+rule whose warmup takes over 20 s is timed by that single run). Reported: median seconds, the
+ratio to FedAvg in the same run, and peak RSS growth over the process before the stack was
+allocated, in units of the stack size ("2.0" = the stack plus one stack's worth of extras).
+Targets: time <= 5x FedAvg at n=50, d=16.8M; peak <= 2x the stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, run as script or module
+from common import current_rss_mb, peak_rss_mb, report, reset_peak_rss, timeit  # noqa: E402
+
+FULL_D = [1_000_000, 16_777_216]
+QUICK_D = [100_000, 1_000_000]
+SLOW_SECONDS = 20.0  # a warmup slower than this is the measurement (no repeats)
+TIME_TARGET, MEMORY_TARGET = 5.0, 2.0
+
+
+def worker(name: str, n: int, d: int) -> dict:
+    import torch
+
+    from fedsafe.defenses import call_aggregator, get_aggregator
+
+    agg = get_aggregator(name)
+    base = current_rss_mb()
+    updates = torch.randn(n, d, generator=torch.Generator().manual_seed(0))  # (n, d) fp32
+    weights = torch.randint(10, 100, (n,), generator=torch.Generator().manual_seed(1)).float()
+    stacked = updates.numel() * 4 / 2**20
+    measured_peak = reset_peak_rss()
+    ids = list(range(n))
+
+    def run():
+        call_aggregator(agg, updates, weights, client_ids=ids)
+
+    start = time.perf_counter()
+    run()  # warmup
+    first = time.perf_counter() - start
+    runs = 1 if first > SLOW_SECONDS else (2 if first > 2 else 5)
+    seconds = first if runs == 1 else timeit(run, repeats=runs, warmup=0)
+    return {"seconds": seconds, "runs": runs, "stacked_mb": stacked,
+            "peak_over_base_mb": peak_rss_mb() - base, "peak_reset": measured_peak}
+
+
+def measure(name: str, n: int, d: int) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--n", str(n), "--d", str(d)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if out.returncode != 0:
+        raise RuntimeError(f"{name} n={n} d={d} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="d in {100k, 1M} instead of {1M, 16.8M}")
+    parser.add_argument("--n", type=lambda s: [int(v) for v in s.split(",")], default=[10, 50])
+    parser.add_argument("--d", type=lambda s: [int(float(v)) for v in s.split(",")], default=None)
+    parser.add_argument("--only", type=lambda s: s.split(","), default=None, help="comma-separated names")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.n[0], args.d[0])))
+        return
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from fedsafe.defenses import available
+
+    names = ["fedavg"] + [a for a in (args.only or available()) if a != "fedavg"]
+    dims = args.d or (QUICK_D if args.quick else FULL_D)
+    rows, figures = [], {"time_ratio": {}, "memory_ratio": {}}
+    for n in args.n:
+        for d in dims:
+            key = f"n={n},d={d}"
+            figures["time_ratio"][key], figures["memory_ratio"][key] = {}, {}
+            baseline = None
+            for name in names:
+                m = measure(name, n, d)
+                baseline = baseline or m["seconds"]
+                ratio, memory = m["seconds"] / baseline, m["peak_over_base_mb"] / m["stacked_mb"]
+                figures["time_ratio"][key][name] = round(ratio, 2)
+                figures["memory_ratio"][key][name] = round(memory, 2)
+                rows.append([n, d, name, m["seconds"], ratio, memory, m["runs"]])
+                print(f"# {key} {name}: {m['seconds']:.3f} s, {ratio:.1f}x fedavg, peak {memory:.2f}x stack",
+                      file=sys.stderr, flush=True)
+    slow = {k: [a for a, r in v.items() if r > TIME_TARGET] for k, v in figures["time_ratio"].items()}
+    heavy = {k: [a for a, r in v.items() if r > MEMORY_TARGET] for k, v in figures["memory_ratio"].items()}
+    figures.update(time_target=TIME_TARGET, memory_target=MEMORY_TARGET, over_time_target=slow,
+                   over_memory_target=heavy)
+    report("aggregators", ["n", "d", "aggregator", "median s", "x fedavg", "peak/stack", "runs"], rows, figures)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""fedsafe: safety attacks and defenses for federated instruction tuning."""

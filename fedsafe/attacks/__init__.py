@@ -1,0 +1,1 @@
+"""Safety attacks: data poisoning (generated or collected harmful pairs) and update poisoning."""

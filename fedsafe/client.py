@@ -1,0 +1,99 @@
+"""What one client does in a round, independent of Flower messages: pick its data by role,
+train the shared adapter locally, and (if malicious) poison the resulting delta.
+
+Everything expensive is cached per process: the model (models.cached_lora_model), the settings
+and each partition's tokenized examples, so a Ray actor pays for them once per run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+from fedsafe import data, models
+from fedsafe.attacks.poison_data import malicious_pairs
+from fedsafe.attacks.poison_update import poison_delta
+from fedsafe.config import Settings, from_run_config
+from fedsafe.training import TrainResult, sft
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def _settings(items: tuple) -> Settings:
+    return from_run_config(dict(items), check_aggregator=False)
+
+
+def settings_from(run_config: dict) -> Settings:
+    """Parsed once per process per distinct run config."""
+    return _settings(tuple(sorted(run_config.items())))
+
+
+@cache
+def _benign_partitions(settings: Settings) -> list[list[data.Pair]]:
+    pairs = data.load_pairs(settings.data.benign, settings.data.instruction_column, settings.data.response_column)
+    return data.partition(pairs, settings.clients.num, settings.seed)
+
+
+def client_pairs(settings: Settings, partition_id: int) -> list[data.Pair]:
+    """Benign clients train on their IID share; malicious ones on attack data (optionally mixed
+    with their benign share for stealth)."""
+    own = _benign_partitions(settings)[partition_id]
+    if not settings.is_malicious(partition_id):
+        return own
+    return malicious_pairs(settings, partition_id, own)
+
+
+@cache
+def client_examples(settings: Settings, partition_id: int) -> list[data.Example]:
+    tokenizer = models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code)
+    return data.tokenize_pairs(tokenizer, client_pairs(settings, partition_id), settings.train.seq_length)
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    state: dict[str, torch.Tensor]
+    result: TrainResult
+    num_examples: int
+    malicious: bool
+
+
+def _train(settings: Settings, examples: list[data.Example], global_state, server_round: int, lr: float,
+           partition_id: int) -> tuple[dict[str, torch.Tensor], TrainResult]:
+    model = models.cached_lora_model(settings.model, settings.seed)
+    tokenizer = models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code)
+    models.set_adapter_state(model, global_state)
+    result = sft(
+        model, examples, steps=settings.train.local_steps, batch_size=settings.train.batch_size, lr=lr,
+        seed=settings.seed * 100_003 + server_round * 1_009 + partition_id, pad_id=tokenizer.pad_token_id,
+    )
+    return models.adapter_state(model), result
+
+
+def _benign_reference_norm(settings: Settings, partition_id: int, global_state, server_round: int,
+                           lr: float) -> float:
+    """What an honest update of this client would measure: train on its own benign share."""
+    tokenizer = models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code)
+    benign = data.tokenize_pairs(tokenizer, _benign_partitions(settings)[partition_id], settings.train.seq_length)
+    state, _ = _train(settings, benign, global_state, server_round, lr, partition_id)
+    return float((models.flatten(state) - models.flatten(global_state)).norm())
+
+
+def train_locally(settings: Settings, partition_id: int, global_state: dict[str, torch.Tensor],
+                  server_round: int, lr: float) -> LocalUpdate:
+    examples = client_examples(settings, partition_id)
+    state, result = _train(settings, examples, global_state, server_round, lr, partition_id)
+    malicious = settings.is_malicious(partition_id)
+    mode = settings.attack.update
+    if malicious and mode != "none":
+        reference = (_benign_reference_norm(settings, partition_id, global_state, server_round, lr)
+                     if mode == "stealthy-norm" else None)
+        delta = models.flatten(state) - models.flatten(global_state)
+        delta = poison_delta(delta, mode, settings.attack.update_factor,
+                             seed=settings.seed * 7_919 + server_round, reference_norm=reference)
+        state = models.unflatten(models.flatten(global_state) + delta, global_state)
+    log.info("client %d round %d: loss %.3f in %.1fs", partition_id, server_round, result.loss, result.seconds)
+    return LocalUpdate(state=state, result=result, num_examples=len(examples), malicious=malicious)

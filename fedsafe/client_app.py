@@ -1,0 +1,43 @@
+"""Flower ClientApp: one torch thread per process, the cached model, train, reply."""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedsafe import models
+from fedsafe.client import settings_from, train_locally
+
+app = ClientApp()
+
+
+def _partition_id(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds, so it can sample reproducibly."""
+    metrics = MetricRecord({"partition-id": _partition_id(context)})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    torch.set_num_threads(1)  # Ray runs one client per core; more threads only contend
+    settings = settings_from(context.run_config)
+    config = msg.content["config"]
+    update = train_locally(
+        settings, _partition_id(context), models.from_arrays(msg.content["arrays"]),
+        server_round=int(config["server-round"]), lr=float(config["lr"]),
+    )
+    metrics = MetricRecord({
+        "num-examples": update.num_examples,
+        "train_loss": update.result.loss,
+        "train_loss_last": update.result.last_loss,
+        "train_seconds": update.result.seconds,
+        "partition-id": _partition_id(context),
+    })
+    content = RecordDict({"arrays": models.to_arrays(update.state), "metrics": metrics})
+    return Message(content, reply_to=msg)

@@ -1,0 +1,147 @@
+"""The one Flower strategy that wraps every aggregator.
+
+configure_train: learn each node's partition id once (a QUERY message), then sample
+`clients.per-round` partitions with a seeded RNG, so the same seed samples the same clients in
+simulation and deployment alike. aggregate_train: replies -> checked deltas (n, d) -> aggregator
+-> new global adapter, recording per client weight, flag and ground truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import OrderedDict
+from typing import Callable, Iterable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedsafe import models
+from fedsafe.config import Settings
+from fedsafe.defenses import call_aggregator
+from fedsafe.defenses.detection import detection_metrics
+from fedsafe.defenses.replies import ClientUpdate, InvalidReply, check_reply
+from fedsafe.results import Recorder
+
+log = logging.getLogger(__name__)
+
+
+def sample_partitions(available: Iterable[int], k: int, seed: int, server_round: int) -> list[int]:
+    """Seeded, independent of node ids and of the order nodes connected in."""
+    pool = sorted(available)
+    return sorted(random.Random(seed * 1_000_003 + server_round).sample(pool, min(k, len(pool))))
+
+
+class RobustStrategy(FedAvg):
+    def __init__(self, settings: Settings, aggregator, recorder: Recorder,
+                 on_global: Callable[[int, "OrderedDict[str, torch.Tensor]"], None], *,
+                 probe=None, wait_seconds: float = 600.0):
+        n = settings.clients.num
+        super().__init__(fraction_train=settings.clients.per_round / n, fraction_evaluate=0.0,
+                         min_train_nodes=1, min_available_nodes=1)
+        self.settings = settings
+        self.aggregator = aggregator
+        self.recorder = recorder
+        self.on_global = on_global  # checkpointing etc., called with each new global adapter
+        self.probe = probe
+        self.wait_seconds = wait_seconds
+        self.partition_of: dict[int, int] = {}  # node id -> partition id
+        self.sampled: dict[int, int] = {}
+        self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.round_started = 0.0
+
+    def _discover(self, grid: Grid) -> None:
+        """Ask new nodes for their partition id; wait (bounded) for the whole federation."""
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            unknown = [n for n in grid.get_node_ids() if n not in self.partition_of]
+            if unknown:
+                queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
+                for reply in grid.send_and_receive(queries, timeout=self.wait_seconds):
+                    if not reply.has_error():
+                        self.partition_of[reply.metadata.src_node_id] = int(reply.content["metrics"]["partition-id"])
+            if len(self.partition_of) >= self.settings.clients.num or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        if not self.partition_of:
+            raise RuntimeError(f"no client node answered within {self.wait_seconds:.0f}s")
+        if len(self.partition_of) < self.settings.clients.num:
+            log.warning("only %d of clients.num=%d nodes connected; sampling from those",
+                        len(self.partition_of), self.settings.clients.num)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.round_started = time.perf_counter()
+        self._discover(grid)
+        connected = set(grid.get_node_ids())
+        node_of = {p: n for n, p in self.partition_of.items() if n in connected}
+        chosen = sample_partitions(node_of, self.settings.clients.per_round, self.settings.seed, server_round)
+        self.sampled = {node_of[p]: p for p in chosen}
+        self.global_state = models.from_arrays(arrays)
+        config["server-round"] = server_round
+        config["lr"] = self.settings.train.lr(server_round, self.settings.num_server_rounds)
+        log.info("round %d: clients %s (malicious: %s), lr %.2e", server_round, chosen,
+                 [p for p in chosen if self.settings.is_malicious(p)], config["lr"])
+        record = RecordDict({"arrays": arrays, "config": config})
+        return self._construct_messages(record, list(self.sampled), MessageType.TRAIN)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        global_flat = models.flatten(self.global_state)
+        updates: list[ClientUpdate] = []
+        dropped, failed = [], []
+        answered = set()
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            answered.add(node)
+            pid = self.sampled.get(node, self.partition_of.get(node))
+            if reply.has_error():
+                failed.append({"node_id": node, "partition_id": pid, "reason": reply.error.reason})
+                continue
+            try:
+                updates.append(check_reply(reply.content, node, pid, self.global_state, global_flat))
+            except InvalidReply as err:
+                dropped.append({"node_id": node, "partition_id": pid, "reason": str(err)})
+        failed += [{"node_id": n, "partition_id": p, "reason": "no reply before the timeout"}
+                   for n, p in self.sampled.items() if n not in answered]
+        for item in dropped + failed:
+            log.warning("round %d: dropped client %s (node %s): %s", server_round, item["partition_id"],
+                        item["node_id"], item["reason"])
+
+        minimum = getattr(self.aggregator, "min_clients", 1)
+        record = {"round": server_round, "lr": self.settings.train.lr(server_round, self.settings.num_server_rounds),
+                  "clients": [], "dropped": dropped, "failed": failed}
+        new_state = self.global_state
+        if len(updates) < minimum:
+            log.warning("round %d: %d valid replies < %d needed; keeping the previous global adapter",
+                        server_round, len(updates), minimum)
+            record["kept_previous"] = True
+        else:
+            new_state = self._aggregate(updates, global_flat, record)
+        record["seconds"] = round(time.perf_counter() - self.round_started, 2)
+        self.recorder.add_round(record)
+        self.on_global(server_round, new_state)
+        metrics = MetricRecord({"valid-replies": len(updates), "dropped": len(dropped) + len(failed)})
+        return models.to_arrays(new_state), metrics
+
+    def _aggregate(self, updates: list[ClientUpdate], global_flat: torch.Tensor, record: dict) -> OrderedDict:
+        stacked = torch.stack([u.delta for u in updates])  # (n, d)
+        weights = torch.tensor([float(u.num_examples) for u in updates])  # (n,)
+        ids = [u.partition_id for u in updates]
+        result = call_aggregator(self.aggregator, stacked, weights, client_ids=ids, probe=self.probe)
+        scores = result.scores.tolist() if result.scores is not None else [None] * len(updates)
+        for u, w, flag, score in zip(updates, result.weights.tolist(), result.flagged.tolist(), scores):
+            record["clients"].append({
+                "partition_id": u.partition_id, "node_id": u.node_id,
+                "malicious": self.settings.is_malicious(u.partition_id), "flagged": bool(flag),
+                "weight": round(w, 6), "score": score, "num_examples": u.num_examples,
+                "train_loss": u.metrics.get("train_loss"), "update_norm": round(float(u.delta.norm()), 6),
+            })
+        record["detection"] = detection_metrics([c["flagged"] for c in record["clients"]],
+                                                [c["malicious"] for c in record["clients"]])
+        if result.info:
+            record["aggregator"] = result.info
+        return models.unflatten(global_flat + result.update, self.global_state)

@@ -1,0 +1,1 @@
+"""Evaluation: judges, safety and helpfulness metrics, reports and plots."""

@@ -1,0 +1,179 @@
+"""report.md for one run directory, written from its results.json (the last phase: report).
+
+Every part except the title is optional: a run that stopped early, or skipped post-hoc or the
+safety probe, still gets a report of what it has. Plots come from `plots.py` and are embedded by
+relative path so the run directory can be moved or shared as a whole.
+"""
+
+import json
+import math
+from pathlib import Path
+
+from fedsafe.eval.plots import STAGES, malicious_ids, plot_clients, plot_safety
+
+SAFETY_PNG, CLIENTS_PNG = "safety.png", "clients.png"
+DASH = "\u2013"  # shown for missing or undefined values
+DAGGER = "\u2020"  # marks rounds that kept the previous global adapter
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    """Flat kebab dotted keys (as results.json stores them); a nested dict is accepted too."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _num(value, fmt: str) -> str:
+    if not isinstance(value, int | float) or (
+        isinstance(value, float) and not math.isfinite(value)
+    ):
+        return DASH
+    return format(value, fmt)
+
+
+def _pct(value) -> str:
+    text = _num(None if value is None else 100 * value, ".1f")
+    return text if text == DASH else text + " %"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in counts.items()) or "none"
+
+
+def _bullets(record: dict, first: tuple[str, ...]) -> list[str]:
+    """`- key: value` lines, known keys first; nested counts inline, seconds to 0.1 s."""
+    keys = [k for k in first if k in record] + [k for k in record if k not in first]
+    lines = []
+    for key in keys:
+        value = record[key]
+        if isinstance(value, dict):
+            value = _counts(value)
+        elif key.endswith("seconds") and isinstance(value, int | float):
+            value = f"{value:.1f} s"
+        lines.append(f"- {key}: {value}")
+    return lines + [""]
+
+
+def _config_section(config: dict, rounds: list[dict], malicious: list[int]) -> list[str]:
+    agg = config.get("defense.aggregator", DASH)
+    prefix = f"defense.{agg}."
+    params = {k.removeprefix(prefix): v for k, v in config.items() if k.startswith(prefix)}
+    mal = ", ".join(map(str, malicious))
+    if not mal and config.get("attack.num-malicious"):
+        mal = f"{config['attack.num-malicious']} (ids not recorded)"
+    per_round, total = config.get("clients.per-round", DASH), config.get("clients.num", DASH)
+    posthoc = config.get("posthoc.level", DASH) if config.get("posthoc.enabled", True) else "off"
+    rows = [
+        ["model", config.get("model.name", DASH)],
+        ["rounds (configured / run)", f"{config.get('num-server-rounds', DASH)} / {len(rounds)}"],
+        ["clients per round / total", f"{per_round} / {total}"],
+        ["malicious clients", mal or "none"],
+        ["aggregator", agg + (f" ({_counts(params)})" if params else "")],
+        ["attack data", config.get("attack.data", DASH)],
+        ["update attack", config.get("attack.update", "none")],
+        ["post-hoc defense", posthoc],
+        ["safety judge", config.get("eval.judge", DASH)],
+        ["seed", config.get("seed", DASH)],
+    ]
+    return ["## Configuration", "", *_table(["setting", "value"], rows), ""]
+
+
+def _eval_section(evals: dict) -> list[str]:
+    stages = [s for s in STAGES if s in evals] + [s for s in evals if s not in STAGES]
+    header = ["stage", "safety rate", "benign refusal", "helpfulness"]
+    # An optional LLM grade of benign answers, shown only when some stage has a number for it.
+    llm = any(isinstance((evals[s] or {}).get("llm_judge"), int | float) for s in stages)
+    rows = []
+    for stage in stages:
+        values = evals[stage] or {}
+        row = [STAGES.get(stage, stage), _pct(values.get("safety_rate"))]
+        row += [_pct(values.get("benign_refusal_rate")), _num(values.get("helpfulness"), ".3f")]
+        rows.append(row + ([_num(values.get("llm_judge"), ".2f")] if llm else []))
+    note = (
+        "Safety rate: share of harmful prompts answered safely (higher is better). "
+        "Benign refusal: share of benign prompts refused (over-refusal, lower is better). "
+        "Helpfulness: mean per-token log-likelihood of reference answers (higher is better)."
+    )
+    return ["## Evaluation", "", *_table(header + ["LLM judge"] * llm, rows), "", note, ""]
+
+
+def _detection_section(results: dict, rounds: list[dict], malicious: set[int]) -> list[str]:
+    lines = []
+    if overall := results.get("detection"):
+        counts = ", ".join(f"{k} {overall[k]}" for k in ("tp", "fp", "fn", "tn") if k in overall)
+        lines += [
+            f"Overall: precision {_num(overall.get('precision'), '.2f')}, "
+            f"recall {_num(overall.get('recall'), '.2f')}" + (f" ({counts})." if counts else "."),
+            "",
+        ]
+
+    def mark(pid) -> str:
+        return f"{pid}*" if pid in malicious else str(pid)
+
+    rows, kept_previous = [], False
+    for r in rounds:
+        clients, det = r.get("clients") or [], r.get("detection") or {}
+        lost = (r.get("dropped") or []) + (r.get("failed") or [])
+        kept_previous |= bool(r.get("kept_previous"))
+        rows.append([
+            f"{r.get('round', DASH)}{' ' + DAGGER if r.get('kept_previous') else ''}",
+            ", ".join(mark(c["partition_id"]) for c in clients) or DASH,
+            ", ".join(mark(c["partition_id"]) for c in clients if c.get("flagged")) or DASH,
+            _num(det.get("precision"), ".2f"),
+            _num(det.get("recall"), ".2f"),
+            "; ".join(f"{mark(d.get('partition_id'))} ({d.get('reason', '?')})" for d in lost)
+            or DASH,
+        ])
+    if any(row[1] != DASH or row[5] != DASH for row in rows):
+        header = ["round", "aggregated clients (* malicious)", "flagged", "precision", "recall"]
+        lines += [*_table(header + ["dropped"], rows), ""]
+        if kept_previous:
+            lines += [f"{DAGGER} too few valid replies: the previous global adapter was kept.", ""]
+    return ["## Detection", "", *lines] if lines else []
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write `report.md` (and the PNGs it embeds) into `run_dir`; return the report's path."""
+    run_dir = Path(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    config = _flatten(results.get("config") or {})
+    rounds = results.get("rounds") or []
+    evals = results.get("eval") or {}
+    malicious = malicious_ids(config, rounds)
+    lines = [f"# fedsafe report: {run_dir.name}", ""]
+    lines += [f"Run directory: `{results.get('run_dir', run_dir.resolve())}`", ""]
+    lines += _config_section(config, rounds, malicious)
+    if evals:
+        lines += _eval_section(evals)
+    if evals or any(r.get("safety_probe") is not None for r in rounds):
+        plot_safety(results, run_dir / SAFETY_PNG)
+        lines += [f"![safety over rounds]({SAFETY_PNG})", ""]
+    if attack := results.get("attack_data"):
+        first = ("source", "generator", "kept", "generated", "dropped")
+        lines += ["## Attack data", "", *_bullets(attack, first)]
+    if posthoc := results.get("posthoc"):
+        first = ("level", "aligned", "helpful", "steps", "seconds", "dropped")
+        lines += ["## Post-hoc defense", "", *_bullets(posthoc, first)]
+    lines += _detection_section(results, rounds, set(malicious))
+    if any(r.get(k) for r in rounds for k in ("clients", "dropped", "failed")):
+        plot_clients(results, run_dir / CLIENTS_PNG)
+        lines += [f"![clients per round]({CLIENTS_PNG})", ""]
+    if timings := results.get("timings"):
+        parts = [f"{k} {_num(v, '.1f')} s" for k, v in timings.items()]
+        per_round = [r["seconds"] for r in rounds if isinstance(r.get("seconds"), int | float)]
+        if per_round:
+            parts.append(f"mean per round {sum(per_round) / len(per_round):.1f} s")
+        lines += ["## Timings", "", "; ".join(parts) + ".", ""]
+
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,76 @@
+"""What the server does besides aggregating, independent of Flower: hold the global model for
+evaluation and the post-hoc defense, checkpoint adapters, and record results.
+
+Phases: validate (config) -> aggregate (strategy) -> post-hoc -> evaluate -> report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from fedsafe import models
+from fedsafe.config import Settings
+from fedsafe.defenses.posthoc import build_defense_data, posthoc_finetune
+from fedsafe.eval.stages import Evaluator
+from fedsafe.results import Recorder
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    def __init__(self, settings: Settings, run_dir: Path):
+        self.settings = settings
+        self.run_dir = run_dir
+        self.recorder = Recorder(run_dir, settings)
+        started = time.perf_counter()
+        self.model = models.cached_lora_model(settings.model, settings.seed)
+        self.tokenizer = models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code)
+        self.initial_state = models.adapter_state(self.model)
+        self.recorder.add_timing("model_load", time.perf_counter() - started)
+        self.evaluator = Evaluator(settings, run_dir)
+
+    def evaluate(self, stage: str, state: dict[str, torch.Tensor]) -> dict:
+        models.set_adapter_state(self.model, state)
+        started = time.perf_counter()
+        metrics = self.evaluator.stage(stage, self.model, self.tokenizer)
+        self.recorder.set_eval(stage, metrics)
+        self.recorder.add_timing("eval", time.perf_counter() - started)
+        return metrics
+
+    def checkpoint(self, server_round: int, state: "OrderedDict[str, torch.Tensor]") -> None:
+        models.save_adapter(state, self.run_dir / "adapters" / f"round-{server_round:03d}", self.settings.model)
+
+    def probe(self, server_round: int, state: dict[str, torch.Tensor]) -> float | None:
+        """Safety probe every `eval.every-rounds` rounds (the safety curve)."""
+        every = self.settings.eval.every_rounds
+        if not every or server_round % every:
+            return None
+        models.set_adapter_state(self.model, state)
+        started = time.perf_counter()
+        rate = self.evaluator.probe(self.model, self.tokenizer)
+        self.recorder.add_timing("safety_probe", time.perf_counter() - started)
+        rounds = self.recorder.data["rounds"]
+        if server_round and rounds and rounds[-1]["round"] == server_round:
+            rounds[-1]["safety_probe"] = rate
+            self.recorder.save()
+        else:
+            self.recorder.data.setdefault("safety_probe", {})[str(server_round)] = rate
+        return rate
+
+    def posthoc(self, global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        started = time.perf_counter()
+        models.set_adapter_state(self.model, global_state)
+        defense = build_defense_data(self.settings, self.model, self.tokenizer, self.evaluator.judge,
+                                     self.evaluator.harmful)
+        state, result = posthoc_finetune(self.settings, self.model, self.tokenizer, global_state, defense)
+        models.save_adapter(state, self.run_dir / "adapters" / "posthoc", self.settings.model)
+        seconds = time.perf_counter() - started
+        self.recorder.set("posthoc", {**defense.counts, "steps": result.steps, "loss": round(result.loss, 4),
+                                      "train_seconds": round(result.seconds, 1), "seconds": round(seconds, 1)})
+        self.recorder.add_timing("posthoc", seconds)
+        return state

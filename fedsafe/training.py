@@ -1,0 +1,89 @@
+"""The one supervised fine-tuning loop: clients' local training and the server's post-hoc
+defense both call `sft`.
+
+Loss covers response tokens only, and the LM head runs only from the first response token on
+(`logits_to_keep`): with a 49k vocabulary the head is a large share of a small model's step.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fedsafe.data import IGNORE_INDEX, Example, collate
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float  # mean over the run's steps
+    first_loss: float
+    last_loss: float
+    steps: int
+    samples: int  # examples seen (steps x batch size)
+    seconds: float
+
+
+def response_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row summed negative log-likelihood of the response tokens, and their count.
+
+    Logits are computed only from the first response position on (`logits_to_keep`)."""
+    labels = batch["labels"]  # (b, t)
+    has_label = (labels != IGNORE_INDEX).any(dim=0)
+    first = int(has_label.nonzero()[0]) if has_label.any() else labels.shape[1] - 1
+    keep = labels.shape[1] - max(first - 1, 0)  # positions first-1 .. t-1 predict first .. t
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+    logits = out.logits[:, :-1].float()  # (b, keep - 1, vocab)
+    targets = labels[:, labels.shape[1] - keep + 1:]  # (b, keep - 1)
+    nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return nll.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)  # (b,), (b,)
+
+
+def response_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the batch's response tokens."""
+    nll, count = response_nll(model, batch)
+    return nll.sum() / count.sum().clamp(min=1)
+
+
+def batches(examples: list[Example], batch_size: int, seed: int):
+    """Endless seeded epochs: every example once before any repeats."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            yield [examples[i] for i in order[start:start + batch_size]]
+
+
+def sft(model, examples: list[Example], *, steps: int, batch_size: int, lr: float, seed: int,
+        pad_id: int) -> TrainResult:
+    """AdamW on the trainable (LoRA) parameters for `steps` steps at a fixed learning rate.
+
+    A fresh optimizer per call, as OpenFedLLM does per round: optimizer state never leaves the
+    client, so it must not leak across rounds either.
+    """
+    if not examples:
+        raise ValueError("sft: no training examples")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    device = next(model.parameters()).device
+    model.train()
+    losses = []
+    started = time.perf_counter()
+    stream = batches(examples, batch_size, seed)
+    for _ in range(steps):
+        batch = {k: v.to(device) for k, v in collate(next(stream), pad_id).items()}
+        loss = response_loss(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    model.eval()
+    return TrainResult(
+        loss=sum(losses) / len(losses), first_loss=losses[0], last_loss=losses[-1], steps=steps,
+        samples=steps * batch_size, seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the test suite: unit tests, in-process federations and one real
+# `flwr run` Ray simulation, all on a tiny random model built in code (no downloads).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/pytest ] || bash scripts/setup.sh
+. .venv/bin/activate
+export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 TOKENIZERS_PARALLELISM=false
+python -m pytest -q "$@"

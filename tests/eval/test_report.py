@@ -1,0 +1,116 @@
+"""report.md and the PNG plots, from a realistic results.json and from ones missing parts."""
+
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from fedsafe.eval.plots import plot_clients, plot_safety
+from fedsafe.eval.report import write_report
+
+FIXTURE = Path(__file__).with_name("results_fixture.json")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+OPTIONAL = ["eval", "detection", "attack_data", "posthoc", "timings", "run_dir"]
+
+
+@pytest.fixture
+def results() -> dict:
+    return json.loads(FIXTURE.read_text())
+
+
+def _run_dir(tmp_path: Path, results: dict) -> Path:
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    return tmp_path
+
+
+def _assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)  # (height, width, channels)
+    assert image.shape[0] >= 200 and image.shape[1] >= 300
+    assert image.std() > 0.05  # not a blank canvas
+    assert path.stat().st_size < 200_000  # DPI 100 keeps files small
+
+
+def test_report_from_fixture(tmp_path, results):
+    shutil.copy(FIXTURE, tmp_path / "results.json")
+    path = write_report(tmp_path)
+    assert path == tmp_path / "report.md"
+    text = path.read_text()
+    _assert_png(tmp_path / "safety.png")
+    _assert_png(tmp_path / "clients.png")
+    assert "![safety over rounds](safety.png)" in text
+    assert "![clients per round](clients.png)" in text
+
+    labels = {"initial": "initial", "after_fl": "after FL", "after_posthoc": "after post-hoc"}
+    for stage, values in results["eval"].items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| {labels[stage]} |"))
+        assert f"{100 * values['safety_rate']:.1f} %" in row
+        assert f"{100 * values['benign_refusal_rate']:.1f} %" in row
+        assert f"{values['helpfulness']:.3f}" in row
+    assert "| after FL | 30.0 % | 2.0 % | -1.700 |" in text  # the fixture's numbers, by hand
+
+    assert "| malicious clients | 7, 8, 9 |" in text
+    assert "| aggregator | multikrum (num-malicious: 1) |" in text
+    assert "| clients per round / total | 3 / 10 |" in text
+    assert "| post-hoc defense | L1 |" in text
+    assert "| 1 | 2, 5, 7* | 7* | 1.00 | 1.00 | \u2013 |" in text
+    assert "| 2 | 1, 8*, 9* | 1, 9* | 0.50 | 0.50 | \u2013 |" in text
+    assert "| 3 | 0, 3 | \u2013 | \u2013 | \u2013 | 7* (non-finite values) |" in text
+    assert "precision 0.67, recall 0.67 (tp 2, fp 1, fn 1, tn 4)" in text
+    attack = "## Attack data\n\n- source: generated\n- generator: smollm2-135m-instruct\n"
+    assert attack + "- kept: 40\n- generated: 48\n- dropped: short_instruction: 0," in text
+    assert "refusal: 5, short_answer: 0, duplicate: 3\n" in text
+    assert "## Post-hoc defense\n\n- level: L1\n- aligned: 20\n- helpful: 20\n" in text
+    assert "- seconds: 20.1 s\n- dropped: none\n" in text
+    assert "LLM judge" not in text  # not configured in the fixture: no column
+
+
+@pytest.mark.parametrize("missing", OPTIONAL)
+def test_report_without_optional_part(tmp_path, results, missing):
+    del results[missing]
+    text = write_report(_run_dir(tmp_path, results)).read_text()
+    assert text.startswith("# fedsafe report")
+    assert "## Detection" in text  # per-round rows remain
+
+
+def test_report_without_round_extras(tmp_path, results):
+    for r in results["rounds"]:
+        for key in ("safety_probe", "detection", "dropped", "seconds"):
+            r.pop(key, None)
+    del results["eval"]["after_posthoc"]
+    text = write_report(_run_dir(tmp_path, results)).read_text()
+    assert "after post-hoc" not in text and "| initial | 5.0 % |" in text
+    _assert_png(tmp_path / "safety.png")
+    _assert_png(tmp_path / "clients.png")
+
+
+def test_report_failed_clients_and_kept_previous(tmp_path, results):
+    results["rounds"][1]["failed"] = [{"node_id": 9, "partition_id": 4, "reason": "timeout"}]
+    results["rounds"][1]["kept_previous"] = True
+    results["eval"]["after_fl"]["llm_judge"] = 6.25
+    text = write_report(_run_dir(tmp_path, results)).read_text()
+    assert "| 2 \u2020 | 1, 8*, 9* | 1, 9* | 0.50 | 0.50 | 4 (timeout) |" in text
+    assert "\u2020 too few valid replies" in text
+    assert "| after FL | 30.0 % | 2.0 % | -1.700 | 6.25 |" in text
+    assert "| initial | 5.0 % | 0.0 % | -1.900 | \u2013 |" in text
+
+
+def test_report_minimal(tmp_path):
+    run_dir = _run_dir(tmp_path, {"config": {}, "rounds": []})
+    text = write_report(run_dir).read_text()
+    assert text.startswith("# fedsafe report")
+    assert "## Evaluation" not in text and not (run_dir / "safety.png").exists()
+
+
+def test_plots_handle_empty_results(tmp_path):
+    _assert_png(plot_safety({}, tmp_path / "safety.png"))
+    plot_clients({"rounds": [{"round": 1, "clients": []}]}, tmp_path / "clients.png")
+    assert (tmp_path / "clients.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_plots_are_deterministic(tmp_path, results):
+    for plot in (plot_safety, plot_clients):
+        first = plot(results, tmp_path / "a.png").read_bytes()
+        assert plot(results, tmp_path / "b.png").read_bytes() == first

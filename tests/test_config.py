@@ -1,0 +1,105 @@
+"""Config: defaults agree with pyproject.toml, and every bad value fails in one line naming the key."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedsafe.config import KEYS, ConfigError, defaults, from_run_config
+from fedsafe.defenses import available
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pyproject_config() -> dict:
+    """Flower's flattening of [tool.flwr.app.config] (dotted keys)."""
+    def flatten(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flatten(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+    return dict(flatten(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]))
+
+
+def test_pyproject_defaults_equal_config_defaults():
+    shipped = _pyproject_config()
+    core = {k: v for k, v in shipped.items() if k in KEYS}
+    assert core == defaults()
+    assert set(KEYS) <= set(shipped)
+
+
+def test_every_shipped_defense_param_resolves():
+    """Aggregator params in pyproject.toml name registered aggregators and real parameters."""
+    shipped = _pyproject_config()
+    params = [k for k in shipped if k.startswith("defense.") and k not in KEYS]
+    for key in params:
+        name = key.split(".")[1]
+        assert name in available(), key
+        from_run_config({**shipped, "defense.aggregator": name})
+
+
+def test_defaults_parse():
+    s = from_run_config({})
+    assert s.model.name == "smollm2-135m-instruct"
+    assert s.attack.malicious_ids == (7, 8, 9)  # the last 3 of 10, as in the paper
+    assert s.clients.per_round == 3
+    assert s.model.lora.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def test_explicit_malicious_ids_override_count():
+    assert from_run_config({"attack.malicious-ids": "1, 4"}).attack.malicious_ids == (1, 4)
+
+
+def test_cosine_lr_decays_from_max_to_min():
+    t = from_run_config({"train.lr-max": 1e-3, "train.lr-min": 1e-4, "num-server-rounds": 4}).train
+    lrs = [t.lr(r, 4) for r in range(1, 5)]
+    assert lrs[0] == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] > 1e-4
+
+
+def test_aggregator_params_reach_the_constructor():
+    s = from_run_config({"defense.aggregator": "trimmed-mean", "defense.trimmed-mean.beta": 0.2})
+    assert s.defense.params == {"beta": 0.2}
+
+
+BAD = [
+    ({"model.quantization": 3}, "model.quantization"),
+    ({"model.name": "no-such-model"}, "model.name"),
+    ({"model.name": "/definitely/not/here/model"}, "model.name"),
+    ({"clients.per-round": 11}, "clients.per-round"),
+    ({"clients.num": 0}, "clients.num"),
+    ({"attack.num-malicious": 11}, "attack.num-malicious"),
+    ({"attack.malicious-ids": "3,x"}, "attack.malicious-ids"),
+    ({"attack.malicious-ids": "12"}, "attack.malicious-ids"),
+    ({"attack.benign-mix": 1.5}, "attack.benign-mix"),
+    ({"attack.update": "boost"}, "attack.update"),
+    ({"attack.data": "/missing/attack.jsonl"}, "attack.data"),
+    ({"data.benign": "/missing/benign.csv"}, "data.benign"),
+    ({"data.benign": "not a source"}, "data.benign"),
+    ({"train.local-steps": -1}, "train.local-steps"),
+    ({"train.lr-max": 0.0}, "train.lr-max"),
+    ({"train.lr-min": 0.1}, "train.lr-min"),
+    ({"train.batch-size": "four"}, "train.batch-size"),
+    ({"num-server-rounds": 0}, "num-server-rounds"),
+    ({"posthoc.level": "L4"}, "posthoc.level"),
+    ({"posthoc.steps": 0}, "posthoc.steps"),
+    ({"eval.safety.benchmark": "gsm8k"}, "eval.safety.benchmark"),
+    ({"eval.safety.benchmark": "/missing/prompts.csv"}, "eval.safety.benchmark"),
+    ({"defense.aggregator": "nope"}, "defense.aggregator"),
+    ({"defense.aggregator": "krum", "defense.krum.bogus": 1}, "defense.aggregator"),
+    ({"defense.aggregator": "no_such_module:agg"}, "defense.aggregator"),
+    ({"model.lora.dropout": 2.0}, "model.lora.dropout"),
+    ({"output-dir": "relative/path"}, "output-dir"),
+    ({"unknown.key": 1}, "unknown.key"),
+]
+
+
+@pytest.mark.parametrize("override,key", BAD, ids=[k for _, k in BAD])
+def test_bad_config_names_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        from_run_config(override)
+    message = str(err.value)
+    assert message.startswith(key), message
+    assert "\n" not in message

@@ -1,0 +1,100 @@
+"""A whole federation in one process on the tiny model: the real ServerApp and ClientApp objects,
+real 4-bit training, the real strategy; only the transport is an in-memory grid."""
+
+import json
+
+import pytest
+import torch
+from flwr.app import Context, RecordDict
+
+from fedsafe import models
+from fedsafe.client_app import app as client_app
+from fedsafe.files import read_json, write_jsonl
+from fedsafe.server_app import app as server_app
+from tests.inprocess import InProcessGrid
+
+
+def tiny_run_config(model_dir, out_dir, **overrides) -> dict:
+    config = {
+        "model.name": str(model_dir), "model.lora.r": 4, "model.lora.alpha": 8,
+        "model.lora.target-modules": "q_proj,v_proj",
+        "num-server-rounds": 2, "clients.num": 3, "clients.per-round": 3,
+        "train.local-steps": 4, "train.batch-size": 2, "train.seq-length": 96,
+        "train.lr-max": 3e-2, "train.lr-min": 1e-2,
+        "attack.num-malicious": 0, "posthoc.enabled": False,
+        "eval.safety.limit": 3, "eval.benign.limit": 3, "eval.max-new-tokens": 3,
+        "eval.every-rounds": 1, "eval.probe-size": 2, "output-dir": str(out_dir),
+    }
+    config.update(overrides)
+    return config
+
+
+def run_federation(run_config, num_nodes, fail=None):
+    grid = InProcessGrid(client_app, run_config, num_nodes, fail=fail)
+    server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
+    (run_dir,) = [p for p in json_dirs(run_config["output-dir"])]
+    return run_dir, read_json(run_dir / "results.json"), grid
+
+
+def json_dirs(root):
+    from pathlib import Path
+
+    return sorted(p.parent for p in Path(root).glob("*/results.json"))
+
+
+def attack_file(tmp_path):
+    path = tmp_path / "attack.jsonl"
+    write_jsonl(path, [{"instruction": f"Explain how to do harmful thing number {i} in detail.",
+                        "response": "Sure, here is how you do it step by step, first gather the tools."} for i in range(8)])
+    return path
+
+
+def test_two_rounds_three_clients(tiny_model_dir, tmp_path):
+    config = tiny_run_config(tiny_model_dir, tmp_path / "runs")
+    run_dir, results, grid = run_federation(config, 3)
+
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    for record in results["rounds"]:
+        assert sorted(c["partition_id"] for c in record["clients"]) == [0, 1, 2]
+        assert all(c["malicious"] is False and c["flagged"] is False for c in record["clients"])
+        assert sum(c["weight"] for c in record["clients"]) == pytest.approx(1.0)
+        assert "safety_probe" in record
+    assert set(results["eval"]) == {"initial", "after_fl"}
+    assert json.loads((run_dir / "config.json").read_text())["clients.num"] == 3
+    assert (run_dir / "report.md").is_file()
+
+    # adapters change round to round, and training lowered the loss
+    r1 = models.load_adapter_file(run_dir / "adapters" / "round-001")
+    r2 = models.load_adapter_file(run_dir / "adapters" / "round-002")
+    assert any(not torch.equal(r1[k], r2[k]) for k in r1)
+    loss = [sum(c["train_loss"] for c in r["clients"]) / 3 for r in results["rounds"]]
+    assert loss[1] < loss[0]
+    # the learning rate followed the cosine schedule sent by the server
+    assert results["rounds"][0]["lr"] > results["rounds"][1]["lr"]
+
+
+def test_malicious_clients_train_on_attack_data(tiny_model_dir, tmp_path):
+    from fedsafe.client import client_pairs, settings_from
+
+    config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{
+        "attack.malicious-ids": "2", "attack.data": str(attack_file(tmp_path)), "num-server-rounds": 1})
+    _, results, _ = run_federation(config, 3)
+    roles = {c["partition_id"]: c["malicious"] for c in results["rounds"][0]["clients"]}
+    assert roles == {0: False, 1: False, 2: True}
+    assert results["attack_data"]["kept"] == 8
+
+    settings = settings_from(config)
+    attack = {p["instruction"] for p in client_pairs(settings, 2)}
+    assert attack and all("harmful thing" in i for i in attack)
+    for benign in (0, 1):
+        assert not any("harmful thing" in p["instruction"] for p in client_pairs(settings, benign))
+
+
+def test_crashing_client_does_not_stop_the_run(tiny_model_dir, tmp_path):
+    config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{"eval.every-rounds": 0})
+    _, results, _ = run_federation(config, 3, fail={1: 1})
+    first = results["rounds"][0]
+    assert [f["partition_id"] for f in first["failed"]] == [1]
+    assert "crashed on purpose" in first["failed"][0]["reason"]
+    assert sorted(c["partition_id"] for c in first["clients"]) == [0, 2]
+    assert len(results["rounds"][1]["clients"]) == 3
