@@ -1,6 +1,8 @@
-"""Flower ClientApp: one torch thread per process, the cached model, train, reply."""
+"""Flower ClientApp: the cached model trains the global adapter on this node's data and replies."""
 
 from __future__ import annotations
+
+import sys
 
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
@@ -11,6 +13,11 @@ from fedsafe.client import settings_from, train_locally
 from fedsafe.logs import console_logging
 
 app = ClientApp()
+
+
+def _in_ray_actor() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 def _partition_id(context: Context) -> int:
@@ -26,7 +33,8 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    torch.set_num_threads(1)  # Ray runs one client per core; more threads only contend
+    if _in_ray_actor():
+        torch.set_num_threads(1)  # Ray runs one client per core; more threads only contend
     console_logging()
     settings = settings_from(context.run_config)
     config = msg.content["config"]
