@@ -34,7 +34,8 @@ def settings_from(run_config: dict) -> Settings:
 
 @cache
 def _benign_partitions(settings: Settings) -> list[list[data.Pair]]:
-    pairs = data.load_pairs(settings.data.benign, settings.data.instruction_column, settings.data.response_column)
+    d = settings.data
+    pairs = data.benign_pool(d.benign, d.instruction_column, d.response_column, d.aligned_pairs, settings.seed)
     return data.partition(pairs, settings.clients.num, settings.seed)
 
 

@@ -108,7 +108,7 @@ def _absolute_or_empty(key, v):
 
 # Run-config keys: (type, default, check). Kebab-case, dotted by section.
 KEYS: dict[str, Key] = {
-    "num-server-rounds": Key(int, 6, _positive, "federated rounds"),
+    "num-server-rounds": Key(int, 5, _positive, "federated rounds"),
     "seed": Key(int, 0, _non_negative, "seeds sampling, init, data order, generation"),
     "output-dir": Key(str, "", _absolute_or_empty, "runs go here; empty: ~/.fedsafe/runs"),
     "resume-from": Key(str, "", None, "a run directory to continue"),
@@ -120,15 +120,18 @@ KEYS: dict[str, Key] = {
     "model.lora.alpha": Key(int, 32, _positive),
     "model.lora.dropout": Key(float, 0.05, _unit),
     "model.lora.target-modules": Key(str, "q_proj,k_proj,v_proj,o_proj", _module_list),
-    "train.local-steps": Key(int, 10, _positive, "optimizer steps per client per round"),
+    "train.local-steps": Key(int, 8, _positive, "optimizer steps per client per round"),
     "train.batch-size": Key(int, 4, _positive),
     "train.seq-length": Key(int, 160, _positive, "tokens; longer samples are truncated"),
     "train.lr-max": Key(float, 1e-3, _positive, "cosine decay over rounds, as in the paper"),
     "train.lr-min": Key(float, 1e-4, _non_negative),
     "clients.num": Key(int, 10, _positive, "partitions = SuperNodes"),
-    "clients.per-round": Key(int, 3, _positive, "sampled each round, seeded"),
+    "clients.per-round": Key(int, 4, _positive, "sampled each round, seeded"),
     "clients.timeout": Key(float, 1800.0, _positive, "seconds to wait for nodes and replies"),
+    "clients.sampling": Key(str, "stratified", _choice("stratified", "uniform"),
+                            "stratified: each round's malicious share matches the federation's"),
     "data.benign": Key(str, "bundled", _data_source("bundled")),
+    "data.aligned-pairs": Key(int, 60, _non_negative, "bundled refusal pairs added to the benign pool"),
     "data.instruction-column": Key(str, "instruction", None, "column mapping for files/Hub"),
     "data.response-column": Key(str, "response", None),
     "attack.num-malicious": Key(int, 3, _non_negative, "the last N partitions are malicious"),
@@ -136,7 +139,7 @@ KEYS: dict[str, Key] = {
     "attack.data": Key(str, "generated", _data_source("generated")),
     "attack.generator": Key(str, "base", _model_source, "'base' = the experiment's model"),
     "attack.instructions": Key(str, "generated", _data_source("generated", "bundled")),
-    "attack.num-samples": Key(int, 48, _positive, "generation attempts"),
+    "attack.num-samples": Key(int, 96, _positive, "generation attempts"),
     "attack.benign-mix": Key(float, 0.0, _unit, "share of benign samples for stealth"),
     "attack.update": Key(str, "none", _choice(*UPDATE_ATTACKS), "model poisoning on the delta"),
     "attack.update-factor": Key(float, 10.0, _positive, "scale for 'scale'/'sign-flip', std for 'gaussian'"),
@@ -204,11 +207,13 @@ class ClientSettings:
     num: int
     per_round: int
     timeout: float
+    sampling: str
 
 
 @dataclass(frozen=True)
 class DataSettings:
     benign: str
+    aligned_pairs: int
     instruction_column: str
     response_column: str
 

@@ -31,10 +31,12 @@ def bundled(name: str) -> list[Pair]:
     return [Pair(instruction=r["instruction"], response=r["response"]) for r in read_jsonl(bundled_path(name))]
 
 
-def benign_pool() -> list[Pair]:
-    """Benign clients' data: helpful pairs plus harmful instructions with refusals (the aligned
-    part of ordinary chat data, as in the paper's benign clients)."""
-    return bundled("helpful_train") + bundled("harmful_train")
+def benign_pool(source: str, instruction: str, response: str, aligned_pairs: int, seed: int) -> list[Pair]:
+    """Benign clients' data: instruction pairs from `source` plus `aligned_pairs` bundled harmful
+    instructions with refusals (the aligned part of ordinary chat data, as in the paper)."""
+    refusals = bundled("harmful_train")
+    aligned = random.Random(seed).sample(refusals, min(aligned_pairs, len(refusals)))
+    return load_pairs(source, instruction, response) + aligned
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -92,9 +94,9 @@ def load_rows(source: str) -> list[dict]:
 
 
 def load_pairs(source: str, instruction: str = "instruction", response: str = "response") -> list[Pair]:
-    """'bundled' (the benign pool), a .jsonl/.json/.csv file, or a Hub dataset id."""
+    """'bundled' (the helpful pairs), a .jsonl/.json/.csv file, or a Hub dataset id."""
     if source == "bundled":
-        return benign_pool()
+        return bundled("helpful_train")
     return rows_to_pairs(load_rows(source), instruction, response, source=source)
 
 

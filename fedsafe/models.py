@@ -138,7 +138,23 @@ def load_base_model(settings: ModelSettings, name: str | None = None):
     )
     if not settings.quantization:
         model.to(device())
+    if settings.quantization == 4 and device().type == "cpu":
+        keep_one_4bit_layout(model)
     return model
+
+
+def keep_one_4bit_layout(model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its bf16 CPU inference kernel.
+
+    It repacks a layer the first time it runs without gradients, rounding the block scales to
+    bf16, so training after any generation would differ from training before it: resumed runs,
+    or two runs in one process, would not reproduce. One layout keeps them equal.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def add_lora(model, settings: ModelSettings, seed: int):
@@ -161,10 +177,20 @@ def add_lora(model, settings: ModelSettings, seed: int):
 
 
 @cache
+def _lora_model_and_initial_adapter(settings: ModelSettings, seed: int):
+    model = add_lora(load_base_model(settings), settings, seed)
+    return model, adapter_state(model)
+
+
 def cached_lora_model(settings: ModelSettings, seed: int):
     """One base model + LoRA per process (a Ray actor, a SuperNode, the server), reused every
     round: only the adapter weights change between uses."""
-    return add_lora(load_base_model(settings), settings, seed)
+    return _lora_model_and_initial_adapter(settings, seed)[0]
+
+
+def initial_adapter(settings: ModelSettings, seed: int) -> "OrderedDict[str, torch.Tensor]":
+    """The adapter as LoRA initialised it, whatever the cached model has trained since."""
+    return OrderedDict((k, v.clone()) for k, v in _lora_model_and_initial_adapter(settings, seed)[1].items())
 
 
 @cache

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedsafe.config import Settings
+from fedsafe.config import ConfigError, Settings
 from fedsafe.defenses.detection import detection_metrics
 from fedsafe.files import read_json, write_json
 
@@ -16,10 +16,19 @@ def default_runs_root() -> Path:
     return Path.home() / ".fedsafe" / "runs"
 
 
+RESUME_KEYS = ("resume-from", "output-dir")  # may differ between a run and its resumption
+
+
 def create_run_dir(settings: Settings) -> Path:
     """A fresh directory per run (or the one being resumed), with config.json beside results."""
     if settings.resume_from:
         run_dir = Path(settings.resume_from).expanduser().resolve()
+        if not (run_dir / "config.json").is_file():
+            raise ConfigError(f"resume-from={settings.resume_from!r}: not a fedsafe run directory (no config.json)")
+        saved = read_json(run_dir / "config.json")
+        for key, value in settings.flat.items():
+            if key not in RESUME_KEYS and saved.get(key, value) != value:
+                raise ConfigError(f"{key}={value!r}: the run being resumed used {saved[key]!r}")
     else:
         root = Path(settings.output_dir).expanduser() if settings.output_dir else default_runs_root()
         stamp = time.strftime("%Y%m%d-%H%M%S")

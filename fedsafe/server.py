@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from fedsafe import models
+from fedsafe.checkpoint import STATE_DIR, load_state, save_state
 from fedsafe.config import Settings
 from fedsafe.defenses.posthoc import build_defense_data, posthoc_finetune
 from fedsafe.eval.stages import Evaluator
@@ -23,14 +24,16 @@ log = logging.getLogger(__name__)
 
 
 class Server:
-    def __init__(self, settings: Settings, run_dir: Path):
+    def __init__(self, settings: Settings, run_dir: Path, aggregator):
         self.settings = settings
         self.run_dir = run_dir
-        self.recorder = Recorder(run_dir, settings)
+        self.aggregator = aggregator
+        resuming = bool(settings.resume_from) and (run_dir / "results.json").is_file()
+        self.recorder = Recorder.load(run_dir, settings) if resuming else Recorder(run_dir, settings)
         started = time.perf_counter()
         self.model = models.cached_lora_model(settings.model, settings.seed)
         self.tokenizer = models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code)
-        self.initial_state = models.adapter_state(self.model)
+        self.initial_state = models.initial_adapter(settings.model, settings.seed)
         self.recorder.add_timing("model_load", time.perf_counter() - started)
         self.evaluator = Evaluator(settings, run_dir)
 
@@ -42,8 +45,19 @@ class Server:
         self.recorder.add_timing("eval", time.perf_counter() - started)
         return metrics
 
+    def resume_point(self) -> tuple[int, "OrderedDict[str, torch.Tensor]"]:
+        """(first round to run, global adapter to start from): round 1 and the initial adapter,
+        or the round after the last one a killed run completed (aggregator state restored)."""
+        if not self.settings.resume_from or not (self.run_dir / STATE_DIR).exists():
+            return 1, self.initial_state
+        done, state = load_state(self.run_dir, self.aggregator)
+        log.info("resuming %s after round %d", self.run_dir, done)
+        return done + 1, state
+
     def checkpoint(self, server_round: int, state: "OrderedDict[str, torch.Tensor]") -> None:
+        """The round's PEFT adapter, then the resumable state (written last)."""
         models.save_adapter(state, self.run_dir / "adapters" / f"round-{server_round:03d}", self.settings.model)
+        save_state(self.run_dir, server_round, state, self.aggregator)
 
     def probe(self, server_round: int, state: dict[str, torch.Tensor]) -> float | None:
         """Safety probe every `eval.every-rounds` rounds (the safety curve)."""

@@ -27,27 +27,29 @@ def main(grid: Grid, context: Context) -> None:
     settings = from_run_config(context.run_config)  # fails here, before any model loads
     run_dir = create_run_dir(settings)
     print(f"fedsafe run directory: {run_dir}", flush=True)
-    server = Server(settings, run_dir)
-    server.recorder.set("attack_data", attack_summary(settings))
-    server.evaluate("initial", server.initial_state)
+    aggregator = get_aggregator(settings.defense.aggregator, **settings.defense.params)
+    server = Server(settings, run_dir, aggregator)
+    first_round, global_state = server.resume_point()
+    if "attack_data" not in server.recorder.data:
+        server.recorder.set("attack_data", attack_summary(settings))
+    if "initial" not in server.recorder.data["eval"]:
+        server.evaluate("initial", server.initial_state)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        rate = server.probe(server_round, models.from_arrays(arrays))
+        rate = server.probe(server_round + first_round - 1, models.from_arrays(arrays))
         return None if rate is None else MetricRecord({"safety_probe": rate})
 
-    strategy = RobustStrategy(
-        settings, get_aggregator(settings.defense.aggregator, **settings.defense.params),
-        server.recorder, server.checkpoint, wait_seconds=settings.clients.timeout,
-    )
-    fl_started = time.perf_counter()
-    result = strategy.start(grid=grid, initial_arrays=models.to_arrays(server.initial_state),
-                            num_rounds=settings.num_server_rounds, timeout=settings.clients.timeout,
-                            evaluate_fn=evaluate_fn)
-    server.recorder.add_timing("rounds", time.perf_counter() - fl_started)
-    final = models.from_arrays(result.arrays) if result.arrays is not None else server.initial_state
-    server.evaluate("after_fl", final)
+    remaining = settings.num_server_rounds - first_round + 1
+    if remaining > 0:
+        strategy = RobustStrategy(settings, aggregator, server.recorder, server.checkpoint,
+                                  wait_seconds=settings.clients.timeout, first_round=first_round)
+        fl_started = time.perf_counter()
+        result = strategy.start(grid=grid, initial_arrays=models.to_arrays(global_state), num_rounds=remaining,
+                                timeout=settings.clients.timeout, evaluate_fn=evaluate_fn)
+        server.recorder.add_timing("rounds", time.perf_counter() - fl_started)
+        global_state = models.from_arrays(result.arrays) if result.arrays is not None else global_state
+    server.evaluate("after_fl", global_state)
     if settings.posthoc.enabled:
-        server.evaluate("after_posthoc", server.posthoc(final))
+        server.evaluate("after_posthoc", server.posthoc(global_state))
     server.recorder.add_timing("total", time.perf_counter() - started)
-    report = write_report(run_dir)
-    print(f"fedsafe report: {report}", flush=True)
+    print(f"fedsafe report: {write_report(run_dir)}", flush=True)

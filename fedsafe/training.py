@@ -70,6 +70,7 @@ def sft(model, examples: list[Example], *, steps: int, batch_size: int, lr: floa
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     device = next(model.parameters()).device
+    torch.manual_seed(seed)  # LoRA dropout: the same (seed, round, client) trains the same way
     model.train()
     losses = []
     started = time.perf_counter()

@@ -43,7 +43,7 @@ def test_defaults_parse():
     s = from_run_config({})
     assert s.model.name == "smollm2-135m-instruct"
     assert s.attack.malicious_ids == (7, 8, 9)  # the last 3 of 10, as in the paper
-    assert s.clients.per_round == 3
+    assert s.clients.per_round == 4
     assert s.model.lora.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
 
 

@@ -19,18 +19,12 @@ Conventions shared by the built-in rules:
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
-import numpy as np
 import torch
 
-# Elements per chunk of the (n, d) matrix: 4M floats = 16 MB, small against any realistic stack,
-# big enough that per-op overhead vanishes. Column count per chunk = CHUNK_ELEMS // n.
-CHUNK_ELEMS = 1 << 22
-
+from fedsafe.defenses.chunks import column_chunks
 
 @dataclass
 class AggregationResult:
@@ -58,8 +52,7 @@ def validate_updates(updates: torch.Tensor, weights: torch.Tensor) -> None:
         raise ValueError(f"weights must be a tensor of shape ({n},), got {_shape(weights)}")
     if not torch.isfinite(weights).all() or not (weights > 0).all():
         raise ValueError(f"weights must be finite and > 0, got {weights.tolist()}")
-    # Row by row: a bool mask of the whole (n, d) stack would cost a quarter of its size.
-    bad = [i for i in range(n) if not torch.isfinite(updates[i]).all()]
+    bad = [i for i in range(n) if not _finite(updates[i])]  # no (n, d) mask
     if bad:
         raise ValueError(f"updates contain non-finite values in rows {bad}")
 
@@ -110,49 +103,6 @@ def weighted_mean(updates: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return p.to(updates.dtype) @ updates
 
 
-def column_chunks(n: int, d: int, budget: int = CHUNK_ELEMS) -> list[slice]:
-    """Slices over d so that an (n, cols) chunk holds about `budget` elements."""
-    cols = max(1, budget // max(n, 1))
-    return [slice(start, min(start + cols, d)) for start in range(0, d, cols)]
-
-
-def map_chunks(fn: Callable[[slice], Any], chunks: list[slice]) -> list:
-    """fn over column chunks on torch's thread count; results in chunk order.
-
-    The order-statistic rules spend their time in numpy's sort, which releases the GIL, so
-    threads scale it across cores the way BLAS already scales FedAvg's one matrix product.
-    Each fn writes only its own columns.
-    """
-    workers = min(len(chunks), torch.get_num_threads(), os.cpu_count() or 1)
-    if workers <= 1:
-        return [fn(cols) for cols in chunks]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, chunks))
-
-
-def sort_columns(c: torch.Tensor, *, order: bool = False):
-    """(n, C) chunk -> (C, n) with each column's values ascending (and, if asked, the row index
-    each sorted value came from). On CPU this is numpy's SIMD sort (AVX-512/AVX2 x86-simd-sort),
-    ~10x torch.sort for short rows; elsewhere torch.sort."""
-    rows = c.T.contiguous()  # (C, n)
-    if rows.device.type != "cpu":
-        values, idx = rows.sort(dim=1)
-        return (values, idx) if order else values
-    if not order:
-        rows.numpy().sort(axis=1)  # in place, rows is our own copy
-        return rows
-    idx = np.argsort(rows.numpy(), axis=1)
-    return rows.gather(1, torch.from_numpy(idx)), torch.from_numpy(idx)
-
-
-def sort_last(t: torch.Tensor) -> torch.Tensor:
-    """Sort a contiguous tensor along its last dim in place (numpy SIMD sort on CPU)."""
-    if t.device.type == "cpu":
-        t.numpy().sort(axis=-1)
-        return t
-    return t.sort(dim=-1).values
-
-
 def gram(updates: torch.Tensor, *, center: bool = False) -> torch.Tensor:
     """Inner products (n, n) in float64, accumulated over column chunks.
 
@@ -190,30 +140,6 @@ def median(t: torch.Tensor, dim: int) -> torch.Tensor:
     m = t.shape[dim]
     s = t.sort(dim=dim).values
     return (s.select(dim, (m - 1) // 2) + s.select(dim, m // 2)) / 2
-
-
-def krum_scores(dist: torch.Tensor, num_malicious: int) -> torch.Tensor:
-    """Krum score (n,): sum of squared distances to the n - f - 2 nearest other clients.
-
-    As Flower's select_multikrum: at least 1 neighbour, so small federations still get a score.
-    """
-    n = dist.shape[0]
-    if n == 1:
-        return torch.zeros(1, dtype=dist.dtype)
-    k = min(n - 1, max(1, n - num_malicious - 2))
-    others = dist + torch.diag(torch.full((n,), float("inf"), dtype=dist.dtype))  # exclude self
-    return others.topk(k, dim=1, largest=False).values.sum(dim=1)
-
-
-def krum_ranking(dist: torch.Tensor, num_malicious: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clients best-first by Krum score, and the scores (n,).
-
-    With one neighbour (n <= f + 3) two mutual nearest neighbours always tie; ties go to the
-    client with the smaller total distance to everyone, so the choice never depends on row order.
-    """
-    scores = krum_scores(dist, num_malicious)
-    order = dist.sum(dim=1).argsort(stable=True)
-    return order[scores[order].argsort(stable=True)], scores
 
 
 def no_flags(n: int) -> torch.Tensor:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from fedsafe.defenses.base import (AggregationResult, check_int, column_chunks, krum_ranking, krum_scores,
-                                   map_chunks, pairwise_sq_dists, sort_columns)
-from fedsafe.defenses.median import count_within
+from fedsafe.defenses.base import AggregationResult, check_int, pairwise_sq_dists
+from fedsafe.defenses.chunks import column_chunks, count_within, map_chunks, sort_last
+from fedsafe.defenses.krum import krum_ranking, krum_scores
 from fedsafe.defenses.registry import register
 
 
@@ -44,17 +44,17 @@ class Bulyan:
             chosen.append(remaining.pop(best))
         chosen.sort()
         index = torch.tensor(chosen)
-
+        left_out = torch.tensor(sorted(set(range(n)) - set(chosen)), dtype=torch.int64)
         out = torch.empty(d, dtype=updates.dtype)
 
         def chunk(cols: slice) -> torch.Tensor:
-            sel = updates[index, cols]  # (theta, C) copy of the selected rows
-            s = sort_columns(sel)  # (C, theta)
-            left, right, mean = _closest_window(s, beta)
+            rows = updates[:, cols].T.contiguous()  # (C, n): a plain transpose beats row picking
+            rows[:, left_out] = float("inf")  # left-out clients sort last: first theta are ours
+            left, right, mean = _closest_window(sort_last(rows), theta, beta)
             out[cols] = mean
-            return count_within(sel, left, right)  # (theta,)
+            return count_within(updates[:, cols], left, right)[index]  # (theta,)
 
-        used = sum(map_chunks(chunk, column_chunks(theta, d)))
+        used = map_chunks(chunk, column_chunks(n, d), theta)  # (theta,) coordinates used
         share = torch.zeros(n, dtype=torch.float64)
         share[index] = used / used.sum()
         flagged = torch.ones(n, dtype=torch.bool)
@@ -63,23 +63,23 @@ class Bulyan:
                                  scores=krum_scores(dist, f), info={"theta": theta, "beta": beta})
 
 
-def _closest_window(s: torch.Tensor, beta: int):
-    """s (C, theta) sorted rows -> (left, right, mean) of the beta values closest to the median.
+def _closest_window(s: torch.Tensor, theta: int, beta: int):
+    """s (C, n) sorted rows whose first theta entries are the selected values -> (left, right,
+    mean) of the beta values closest to their median, each (C,).
 
     Those values form a contiguous run of each sorted row: drop the farther end theta - beta
-    times (on a tie the upper end goes). Returns (C,) tensors.
+    times (on a tie the upper end goes).
     """
-    rows, theta = s.shape
+    rows, n = s.shape
+    flat = s.reshape(-1)  # index_select on flat positions: far faster than gather on short rows
     med = (s[:, (theta - 1) // 2] + s[:, theta // 2]) / 2  # (C,)
-    lo = torch.zeros(rows, dtype=torch.int64)
-    hi = torch.full((rows,), theta - 1, dtype=torch.int64)
-    total = s.sum(dim=1)
+    lo = torch.arange(rows) * n  # flat position of each row's current low end
+    hi = lo + theta - 1
+    total = s[:, :theta].sum(dim=1)
     for _ in range(theta - beta):
-        low_val = s.gather(1, lo[:, None])[:, 0]
-        high_val = s.gather(1, hi[:, None])[:, 0]
+        low_val, high_val = flat.index_select(0, lo), flat.index_select(0, hi)
         drop_high = high_val - med >= med - low_val
         total -= torch.where(drop_high, high_val, low_val)
         hi -= drop_high.long()
         lo += (~drop_high).long()
-    left, right = s.gather(1, lo[:, None])[:, 0], s.gather(1, hi[:, None])[:, 0]
-    return left, right, total / beta
+    return flat.index_select(0, lo), flat.index_select(0, hi), total / beta

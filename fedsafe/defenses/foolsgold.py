@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from fedsafe.defenses.base import AggregationResult, column_chunks, cosine_from_gram, normalize
+from fedsafe.defenses.base import AggregationResult, cosine_from_gram, normalize
+from fedsafe.defenses.chunks import column_chunks
 from fedsafe.defenses.registry import register
 
 ZERO = 1e-6  # weights at or below this are treated as excluded

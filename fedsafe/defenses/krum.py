@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from fedsafe.defenses.base import (AggregationResult, check_int, krum_ranking, normalize,
-                                   pairwise_sq_dists, weighted_mean)
+from fedsafe.defenses.base import AggregationResult, check_int, normalize, pairwise_sq_dists, weighted_mean
 from fedsafe.defenses.registry import register
 
 
@@ -44,3 +43,27 @@ class MultiKrum:
 class Krum(MultiKrum):
     def __init__(self, num_malicious: int = 1):
         super().__init__(num_malicious=num_malicious, num_selected=1)
+
+
+def krum_scores(dist: torch.Tensor, num_malicious: int) -> torch.Tensor:
+    """Krum score (n,): sum of squared distances to the n - f - 2 nearest other clients.
+
+    As Flower's select_multikrum: at least 1 neighbour, so small federations still get a score.
+    """
+    n = dist.shape[0]
+    if n == 1:
+        return torch.zeros(1, dtype=dist.dtype)
+    k = min(n - 1, max(1, n - num_malicious - 2))
+    others = dist + torch.diag(torch.full((n,), float("inf"), dtype=dist.dtype))  # exclude self
+    return others.topk(k, dim=1, largest=False).values.sum(dim=1)
+
+
+def krum_ranking(dist: torch.Tensor, num_malicious: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clients best-first by Krum score, and the scores (n,).
+
+    With one neighbour (n <= f + 3) two mutual nearest neighbours always tie; ties go to the
+    client with the smaller total distance to everyone, so the choice never depends on row order.
+    """
+    scores = krum_scores(dist, num_malicious)
+    order = dist.sum(dim=1).argsort(stable=True)
+    return order[scores[order].argsort(stable=True)], scores

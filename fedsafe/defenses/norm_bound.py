@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from fedsafe.defenses.base import AggregationResult, column_chunks, median, normalize
+from fedsafe.defenses.base import AggregationResult, median, normalize
+from fedsafe.defenses.chunks import column_chunks
 from fedsafe.defenses.registry import register
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from fedsafe.defenses.base import (CHUNK_ELEMS, AggregationResult, column_chunks, map_chunks, no_flags,
-                                   sort_columns, sort_last)
+from fedsafe.defenses.base import AggregationResult, no_flags
+from fedsafe.defenses.chunks import CHUNK_ELEMS, column_chunks, map_chunks, sort_columns, sort_last
 from fedsafe.defenses.registry import register
 
 
@@ -46,15 +46,15 @@ class ResidualReweighting:
             w.masked_fill_(w < self.threshold, 0.0)  # (C, n)
             total = w.sum(dim=1, keepdim=True)  # (C, 1) > 0: about half the values have |e| < 0.7
             out[cols] = (w * values).sum(dim=1) / total[:, 0]
-            flat = order.reshape(-1)
-            share = torch.zeros(n, dtype=torch.float64).index_add_(0, flat, (w / total).reshape(-1).double())
-            mean_w = torch.zeros(n, dtype=torch.float64).index_add_(0, flat, w.reshape(-1).double())
-            return share, mean_w
+            per_client = torch.zeros(2, n, dtype=torch.float64)  # [share, sum of weights]
+            per_client[0].index_add_(0, order.reshape(-1), (w / total).reshape(-1).double())
+            per_client[1].index_add_(0, order.reshape(-1), w.reshape(-1).double())
+            return per_client.reshape(-1)
 
-        parts = map_chunks(chunk, column_chunks(n * n, d, CHUNK_ELEMS))
-        share = sum(p[0] for p in parts)
+        totals = map_chunks(chunk, column_chunks(n * n, d, CHUNK_ELEMS), 2 * n)
+        share, weight_sum = totals[:n], totals[n:]
         return AggregationResult(update=out, weights=share / share.sum(), flagged=no_flags(n),
-                                 scores=sum(p[1] for p in parts) / d)
+                                 scores=weight_sum / d)
 
 
 class _RankRegression:

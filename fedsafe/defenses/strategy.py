@@ -29,16 +29,31 @@ from fedsafe.results import Recorder
 log = logging.getLogger(__name__)
 
 
-def sample_partitions(available: Iterable[int], k: int, seed: int, server_round: int) -> list[int]:
-    """Seeded, independent of node ids and of the order nodes connected in."""
+def sample_partitions(available: Iterable[int], k: int, seed: int, server_round: int,
+                      malicious: Iterable[int] = (), stratified: bool = False) -> list[int]:
+    """Seeded, independent of node ids and of the order nodes connected in.
+
+    Stratified: each round's malicious count is the federation's share of k, rounded at random
+    to a neighbouring integer (so its expectation is exact); uniform sampling leaves short runs
+    to the luck of which clients the last rounds draw.
+    """
     pool = sorted(available)
-    return sorted(random.Random(seed * 1_000_003 + server_round).sample(pool, min(k, len(pool))))
+    rng = random.Random(seed * 1_000_003 + server_round)
+    k = min(k, len(pool))
+    if not stratified:
+        return sorted(rng.sample(pool, k))
+    bad = [p for p in pool if p in set(malicious)]
+    good = [p for p in pool if p not in set(bad)]
+    expected = k * len(bad) / len(pool)
+    n_bad = min(len(bad), int(expected) + (rng.random() < expected - int(expected)))
+    n_bad = max(n_bad, k - len(good))
+    return sorted(rng.sample(bad, n_bad) + rng.sample(good, k - n_bad))
 
 
 class RobustStrategy(FedAvg):
     def __init__(self, settings: Settings, aggregator, recorder: Recorder,
                  on_global: Callable[[int, "OrderedDict[str, torch.Tensor]"], None], *,
-                 probe=None, wait_seconds: float = 600.0):
+                 probe=None, wait_seconds: float = 600.0, first_round: int = 1):
         n = settings.clients.num
         super().__init__(fraction_train=settings.clients.per_round / n, fraction_evaluate=0.0,
                          min_train_nodes=1, min_available_nodes=1)
@@ -48,8 +63,10 @@ class RobustStrategy(FedAvg):
         self.on_global = on_global  # checkpointing etc., called with each new global adapter
         self.probe = probe
         self.wait_seconds = wait_seconds
+        self.offset = first_round - 1  # a resumed run continues the round numbering
         self.partition_of: dict[int, int] = {}  # node id -> partition id
         self.sampled: dict[int, int] = {}
+        self.sent: list[Message] = []  # this round's train messages (ids set by the grid on push)
         self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.round_started = 0.0
 
@@ -74,11 +91,16 @@ class RobustStrategy(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
         self.round_started = time.perf_counter()
         self._discover(grid)
         connected = set(grid.get_node_ids())
         node_of = {p: n for n, p in self.partition_of.items() if n in connected}
-        chosen = sample_partitions(node_of, self.settings.clients.per_round, self.settings.seed, server_round)
+        if lost := sorted(p for n, p in self.partition_of.items() if n not in connected):
+            log.warning("round %d: partitions %s no longer connected (their SuperNodes stopped); sampling "
+                        "from the %d connected", server_round, lost, len(node_of))
+        chosen = sample_partitions(node_of, self.settings.clients.per_round, self.settings.seed, server_round,
+                                   self.settings.attack.malicious_ids, self.settings.clients.sampling == "stratified")
         self.sampled = {node_of[p]: p for p in chosen}
         self.global_state = models.from_arrays(arrays)
         config["server-round"] = server_round
@@ -86,16 +108,23 @@ class RobustStrategy(FedAvg):
         log.info("round %d: clients %s (malicious: %s), lr %.2e", server_round, chosen,
                  [p for p in chosen if self.settings.is_malicious(p)], config["lr"])
         record = RecordDict({"arrays": arrays, "config": config})
-        return self._construct_messages(record, list(self.sampled), MessageType.TRAIN)
+        self.sent = list(self._construct_messages(record, list(self.sampled), MessageType.TRAIN))
+        return self.sent
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.offset
         global_flat = models.flatten(self.global_state)
         updates: list[ClientUpdate] = []
         dropped, failed = [], []
         answered = set()
+        # The grid gives each sent message its id; an error the SuperLink writes for a node that
+        # stopped heartbeating comes from the SuperLink itself and names only that id.
+        dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in self.sent}
         for reply in replies:
             node = reply.metadata.src_node_id
+            if node not in self.sampled:
+                node = dst_of.get(reply.metadata.reply_to_message_id, node)
             answered.add(node)
             pid = self.sampled.get(node, self.partition_of.get(node))
             if reply.has_error():

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from fedsafe.defenses.base import AggregationResult, column_chunks, map_chunks, no_flags, sort_columns
-from fedsafe.defenses.median import count_within
+from fedsafe.defenses.base import AggregationResult, no_flags
+from fedsafe.defenses.chunks import column_chunks, count_within, map_chunks, sort_columns
 from fedsafe.defenses.registry import register
 
 
@@ -39,7 +39,7 @@ class TrimmedMean:
             out[cols] = s[:, k:n - k].mean(dim=1)
             return count_within(c, s[:, k].contiguous(), s[:, n - k - 1].contiguous())  # (n,)
 
-        kept = sum(map_chunks(chunk, column_chunks(n, d)))  # (n,) coordinates kept
+        kept = map_chunks(chunk, column_chunks(n, d), n)  # (n,) coordinates kept
         trimmed = d - kept
         return AggregationResult(update=out, weights=kept / kept.sum(), flagged=no_flags(n),
                                  scores=trimmed / d, info={"trimmed_per_side": k})

@@ -1,0 +1,157 @@
+"""`fedsafe` command: work outside one Flower run.
+
+  fedsafe check-config [--run-config ...]      resolved config, or the one-line error
+  fedsafe gen-attack-data [--run-config ...]   generate/cache the attack data, print path and counts
+  fedsafe eval [--model M] [--adapter DIR] [--benchmark B] [--limit N] [--out ROWS.jsonl]
+  fedsafe report RUN_DIR                       (re)build report.md and plots
+  fedsafe sweep [--aggregators ...] [--levels ...] [--out DIR]   the paper's table, resumable
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+from fedsafe.config import ConfigError, from_run_config
+
+
+def parse_overrides(specs: list[str]) -> dict:
+    """`--run-config` as flwr reads it: 'k=v k2=v2' (TOML values) or a TOML file."""
+    merged: dict = {}
+    for spec in specs or []:
+        path = Path(spec)
+        if path.suffix == ".toml" and path.is_file():
+            merged.update(_flatten(tomllib.loads(path.read_text())))
+            continue
+        for item in _split(spec):
+            key, _, value = item.partition("=")
+            merged.update(_flatten(tomllib.loads(f'"{key.strip()}" = {value.strip()}')))
+    return merged
+
+
+def _split(spec: str) -> list[str]:
+    """Split on spaces outside quotes."""
+    items, current, quote = [], "", None
+    for ch in spec:
+        if ch in "'\"":
+            quote = None if quote == ch else (quote or ch)
+        if ch == " " and quote is None:
+            if current:
+                items.append(current)
+            current = ""
+        else:
+            current += ch
+    return items + ([current] if current else [])
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _settings(args):
+    return from_run_config(parse_overrides(args.run_config))
+
+
+def cmd_check_config(args) -> int:
+    print(json.dumps(_settings(args).flat, indent=2))
+    return 0
+
+
+def cmd_gen_attack_data(args) -> int:
+    from fedsafe.attacks.poison_data import attack_summary
+    from fedsafe.logs import console_logging
+
+    console_logging()
+    summary = attack_summary(_settings(args))
+    print(json.dumps({k: summary.get(k) for k in ("path", "generated", "kept", "dropped", "seconds",
+                                                   "tokens_per_second") if k in summary}, indent=2))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from fedsafe.eval.report import write_report
+
+    print(write_report(Path(args.run_dir)))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from fedsafe.eval.standalone import evaluate_model
+    from fedsafe.logs import console_logging
+
+    console_logging()  # progress and the one-line result on stderr; the JSON on stdout
+    metrics = evaluate_model(args.model, adapter=args.adapter, benchmark=args.benchmark, limit=args.limit,
+                             quantization=args.quantization, judge=args.judge,
+                             max_new_tokens=args.max_new_tokens, out=args.out)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from fedsafe.sweep import SweepError, run_sweep
+
+    try:
+        summary = run_sweep(out=Path(args.out), aggregators=args.aggregators.split(","),
+                            levels=args.levels.split(","), overrides=parse_overrides(args.run_config),
+                            app=Path(args.app), timeout=args.timeout, superlink=args.superlink)
+    except SweepError as err:
+        print(f"fedsafe sweep: {err}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedsafe", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p):
+        p.add_argument("--run-config", "-c", action="append", default=[],
+                       help="'k=v k2=v2' (TOML values) or a .toml file, as for flwr run")
+        return p
+
+    with_config(sub.add_parser("check-config", help="print the resolved config")).set_defaults(fn=cmd_check_config)
+    with_config(sub.add_parser("gen-attack-data", help="generate/cache attack data")).set_defaults(
+        fn=cmd_gen_attack_data)
+    p = sub.add_parser("report", help="(re)build report.md and plots of a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("eval", help="safety and helpfulness of a model or adapter")
+    p.add_argument("--model", help="bundled name, Hub id or folder (default: the adapter's run model, "
+                   "else smollm2-135m-instruct)")
+    p.add_argument("--adapter", help="a PEFT adapter folder (any fedsafe checkpoint)")
+    p.add_argument("--benchmark", default="bundled", help="bundled | advbench | harmbench | jbb | CSV/JSONL file")
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--quantization", type=int, default=4, choices=(0, 4, 8))
+    p.add_argument("--judge", default="rule")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--out", help="write per-prompt rows (JSONL) here")
+    p.set_defaults(fn=cmd_eval)
+    p = with_config(sub.add_parser("sweep", help="no attack; attack x aggregators; attack + post-hoc"))
+    p.add_argument("--aggregators", default="fedavg,median,trimmed-mean,krum,multi-krum,foolsgold,residual,dnc,flame")
+    p.add_argument("--levels", default="L1,L3")
+    p.add_argument("--out", default="sweep")
+    p.add_argument("--app", default=".", help="the Flower app folder (this project)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per cell")
+    p.add_argument("--superlink", help="SuperLink connection in $FLWR_HOME/config.toml (default: its default)")
+    p.set_defaults(fn=cmd_sweep)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as err:
+        print(f"fedsafe: config error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
