@@ -11,7 +11,7 @@ from fedsafe import models
 from fedsafe.attacks.poison_data import attack_summary
 from fedsafe.config import from_run_config
 from fedsafe.defenses import get_aggregator
-from fedsafe.defenses.strategy import RobustStrategy
+from fedsafe.defenses.strategy import RobustStrategy, with_dp
 from fedsafe.eval.report import write_report
 from fedsafe.logs import console_logging
 from fedsafe.results import create_run_dir
@@ -35,17 +35,21 @@ def main(grid: Grid, context: Context) -> None:
     if "initial" not in server.recorder.data["eval"]:
         server.evaluate("initial", server.initial_state)
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        rate = server.probe(server_round + first_round - 1, models.from_arrays(arrays))
+    def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Flower calls this with each round's final global adapter (after DP noise, if any)."""
+        absolute, state = server_round + first_round - 1, models.from_arrays(arrays)
+        if server_round:
+            server.checkpoint(absolute, state)
+        rate = server.probe(absolute, state)
         return None if rate is None else MetricRecord({"safety_probe": rate})
 
     remaining = settings.num_server_rounds - first_round + 1
     if remaining > 0:
-        strategy = RobustStrategy(settings, aggregator, server.recorder, server.checkpoint,
-                                  wait_seconds=settings.clients.timeout, first_round=first_round)
+        strategy = with_dp(RobustStrategy(settings, aggregator, server.recorder,
+                                          wait_seconds=settings.clients.timeout, first_round=first_round), settings)
         fl_started = time.perf_counter()
         result = strategy.start(grid=grid, initial_arrays=models.to_arrays(global_state), num_rounds=remaining,
-                                timeout=settings.clients.timeout, evaluate_fn=evaluate_fn)
+                                timeout=settings.clients.timeout, evaluate_fn=after_round)
         server.recorder.add_timing("rounds", time.perf_counter() - fl_started)
         global_state = models.from_arrays(result.arrays) if result.arrays is not None else global_state
     server.evaluate("after_fl", global_state)

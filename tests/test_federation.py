@@ -8,6 +8,7 @@ import torch
 from flwr.app import Context, RecordDict
 
 from fedsafe import models
+from fedsafe.client import settings_from
 from fedsafe.client_app import app as client_app
 from fedsafe.files import read_json, write_jsonl
 from fedsafe.server_app import app as server_app
@@ -74,7 +75,7 @@ def test_two_rounds_three_clients(tiny_model_dir, tmp_path):
 
 
 def test_malicious_clients_train_on_attack_data(tiny_model_dir, tmp_path):
-    from fedsafe.client import client_pairs, settings_from
+    from fedsafe.client import client_pairs
 
     config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{
         "attack.malicious-ids": "2", "attack.data": str(attack_file(tmp_path)), "num-server-rounds": 1})
@@ -142,3 +143,29 @@ def test_resume_refuses_a_changed_config(tiny_model_dir, tmp_path):
     run_dir, _, _ = run_federation(config, 3)
     with pytest.raises(ConfigError, match="train.local-steps"):
         run_federation({**config, "resume-from": str(run_dir), "train.local-steps": 9}, 3)
+
+
+def test_user_aggregator_from_a_dotted_path(tiny_model_dir, tmp_path):
+    """A defense that lives outside fedsafe runs in the federation, selected by config alone."""
+    config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{
+        "num-server-rounds": 1, "eval.every-rounds": 0, "defense.aggregator": "tests.defenses.user_agg:clipped_mean"})
+    _, results, _ = run_federation(config, 3)
+    clients = results["rounds"][0]["clients"]
+    assert [c["weight"] for c in clients] == pytest.approx([1 / 3] * 3, abs=1e-5)
+    assert all(c["flagged"] == (c["update_norm"] > 1) for c in clients)
+
+
+def test_flower_dp_wrapper_clips_and_adds_noise(tiny_model_dir, tmp_path):
+    base = {"num-server-rounds": 1, "eval.every-rounds": 0}
+    plain_dir, _, _ = run_federation(tiny_run_config(tiny_model_dir, tmp_path / "plain", **base), 3)
+    dp_dir, dp, _ = run_federation(tiny_run_config(tiny_model_dir, tmp_path / "dp", **base, **{
+        "defense.dp.noise-multiplier": 0.5, "defense.dp.clipping-norm": 0.01}), 3)
+    plain = models.load_adapter_file(plain_dir / "adapters" / "round-001")
+    noisy = models.load_adapter_file(dp_dir / "adapters" / "round-001")
+    initial = models.initial_adapter(settings_from(tiny_run_config(tiny_model_dir, tmp_path / "dp")).model, 0)
+    # clipped to 0.01 per client, so without noise the global step would be tiny; noise with
+    # std 0.5 * 0.01 / 3 per coordinate makes it larger and different from the plain run
+    step = models.flatten(noisy) - models.flatten(initial)
+    assert not torch.allclose(models.flatten(plain), models.flatten(noisy))
+    assert step.std() == pytest.approx(0.5 * 0.01 / 3, rel=0.2)
+    assert len(dp["rounds"][0]["clients"]) == 3

@@ -3,7 +3,7 @@ Gradient Descent", NeurIPS 2017).
 
 Score each client by the summed squared distance to its n - f - 2 nearest others (at least one,
 as Flower's select_multikrum); Krum returns the best-scored update, Multi-Krum the examples-
-weighted mean of the m best (m = n - f by default), as Flower's MultiKrum. All distances come
+weighted mean of the m best (m = num_selected, or n - f when it is 0), as Flower's MultiKrum. All distances come
 from one Gram matrix (base.pairwise_sq_dists). `scores` are the Krum scores; clients not selected
 are flagged.
 """
@@ -18,12 +18,12 @@ from fedsafe.defenses.registry import register
 
 @register("multi-krum")
 class MultiKrum:
-    def __init__(self, num_malicious: int = 1, num_selected: int | None = None):
+    def __init__(self, num_malicious: int = 1, num_selected: int = 0):
         self.num_malicious = check_int("num_malicious", num_malicious)
-        self.num_selected = None if num_selected is None else check_int("num_selected", num_selected, 1)
+        self.num_selected = check_int("num_selected", num_selected)  # 0: n - f
 
     def selection_size(self, n: int) -> int:
-        m = self.num_selected if self.num_selected is not None else n - self.num_malicious
+        m = self.num_selected or n - self.num_malicious
         return max(1, min(m, n))
 
     def __call__(self, updates: torch.Tensor, weights: torch.Tensor) -> AggregationResult:

@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -51,8 +51,7 @@ def sample_partitions(available: Iterable[int], k: int, seed: int, server_round:
 
 
 class RobustStrategy(FedAvg):
-    def __init__(self, settings: Settings, aggregator, recorder: Recorder,
-                 on_global: Callable[[int, "OrderedDict[str, torch.Tensor]"], None], *,
+    def __init__(self, settings: Settings, aggregator, recorder: Recorder, *,
                  probe=None, wait_seconds: float = 600.0, first_round: int = 1):
         n = settings.clients.num
         super().__init__(fraction_train=settings.clients.per_round / n, fraction_evaluate=0.0,
@@ -60,7 +59,6 @@ class RobustStrategy(FedAvg):
         self.settings = settings
         self.aggregator = aggregator
         self.recorder = recorder
-        self.on_global = on_global  # checkpointing etc., called with each new global adapter
         self.probe = probe
         self.wait_seconds = wait_seconds
         self.offset = first_round - 1  # a resumed run continues the round numbering
@@ -152,7 +150,6 @@ class RobustStrategy(FedAvg):
             new_state = self._aggregate(updates, global_flat, record)
         record["seconds"] = round(time.perf_counter() - self.round_started, 2)
         self.recorder.add_round(record)
-        self.on_global(server_round, new_state)
         metrics = MetricRecord({"valid-replies": len(updates), "dropped": len(dropped) + len(failed)})
         return models.to_arrays(new_state), metrics
 
@@ -174,3 +171,17 @@ class RobustStrategy(FedAvg):
         if result.info:
             record["aggregator"] = result.info
         return models.unflatten(global_flat + result.update, self.global_state)
+
+
+def with_dp(strategy: RobustStrategy, settings: Settings):
+    """Central DP with server-side fixed clipping, by Flower's own wrapper, when
+    `defense.dp.noise-multiplier` > 0: it clips each client's update to
+    `defense.dp.clipping-norm`, lets the aggregator run, then adds Gaussian noise."""
+    if settings.defense.dp_noise_multiplier <= 0:
+        return strategy
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+    return DifferentialPrivacyServerSideFixedClipping(
+        strategy, settings.defense.dp_noise_multiplier, settings.defense.dp_clipping_norm,
+        settings.clients.per_round,
+    )
