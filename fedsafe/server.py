@@ -17,6 +17,7 @@ from fedsafe import models
 from fedsafe.checkpoint import STATE_DIR, load_state, save_state
 from fedsafe.config import Settings
 from fedsafe.defenses.posthoc import build_defense_data, posthoc_finetune
+from fedsafe.eval.probe import BehaviourProbe, probe_pairs
 from fedsafe.eval.stages import Evaluator
 from fedsafe.results import Recorder
 
@@ -36,6 +37,11 @@ class Server:
         self.initial_state = models.initial_adapter(settings.model, settings.seed)
         self.recorder.add_timing("model_load", time.perf_counter() - started)
         self.evaluator = Evaluator(settings, run_dir)
+        self.behaviour_probe = None
+        if getattr(aggregator, "needs_probe", False):
+            harmful, helpful = probe_pairs(aggregator.probe_size, self.evaluator.harmful)
+            self.behaviour_probe = BehaviourProbe(self.model, self.tokenizer, harmful, helpful,
+                                                  settings.train.seq_length)
 
     def evaluate(self, stage: str, state: dict[str, torch.Tensor]) -> dict:
         models.set_adapter_state(self.model, state)

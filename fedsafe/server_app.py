@@ -45,12 +45,14 @@ def main(grid: Grid, context: Context) -> None:
 
     remaining = settings.num_server_rounds - first_round + 1
     if remaining > 0:
-        strategy = with_dp(RobustStrategy(settings, aggregator, server.recorder,
+        strategy = with_dp(RobustStrategy(settings, aggregator, server.recorder, probe=server.behaviour_probe,
                                           wait_seconds=settings.clients.timeout, first_round=first_round), settings)
         fl_started = time.perf_counter()
         result = strategy.start(grid=grid, initial_arrays=models.to_arrays(global_state), num_rounds=remaining,
                                 timeout=settings.clients.timeout, evaluate_fn=after_round)
         server.recorder.add_timing("rounds", time.perf_counter() - fl_started)
+        if server.behaviour_probe is not None:
+            server.recorder.add_timing("behaviour_probe", server.behaviour_probe.seconds)
         global_state = models.from_arrays(result.arrays) if result.arrays is not None else global_state
     server.evaluate("after_fl", global_state)
     if settings.posthoc.enabled:

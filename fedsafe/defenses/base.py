@@ -82,8 +82,11 @@ def check_result(result: AggregationResult, n: int, d: int, name: str = "aggrega
     if result.update.shape != (d,) or not _finite(result.update):
         raise ValueError(f"{name}: update must be finite with shape ({d},), got {_shape(result.update)}")
     w = result.weights
-    if w.shape != (n,) or not torch.isfinite(w).all() or (w < -1e-9).any() or abs(float(w.sum()) - 1) > 1e-4:
-        raise ValueError(f"{name}: weights must be (n,) >= 0 summing to 1, got {w.tolist()}")
+    nothing_kept = w.shape == (n,) and not w.any() and not result.update.any()  # every client excluded
+    if w.shape != (n,) or not torch.isfinite(w).all() or (w < -1e-9).any() or (
+            abs(float(w.sum()) - 1) > 1e-4 and not nothing_kept):
+        raise ValueError(f"{name}: weights must be (n,) >= 0 summing to 1 (or all 0 with a zero update),"
+                         f" got {w.tolist()}")
     if result.flagged.shape != (n,) or result.flagged.dtype != torch.bool:
         raise ValueError(f"{name}: flagged must be a bool tensor of shape ({n},)")
     if result.scores is not None and result.scores.shape != (n,):

@@ -157,7 +157,8 @@ class RobustStrategy(FedAvg):
         stacked = torch.stack([u.delta for u in updates])  # (n, d)
         weights = torch.tensor([float(u.num_examples) for u in updates])  # (n,)
         ids = [u.partition_id for u in updates]
-        result = call_aggregator(self.aggregator, stacked, weights, client_ids=ids, probe=self.probe)
+        probe = None if self.probe is None else (lambda u: self.probe(self.global_state, u))
+        result = call_aggregator(self.aggregator, stacked, weights, client_ids=ids, probe=probe)
         scores = result.scores.tolist() if result.scores is not None else [None] * len(updates)
         for u, w, flag, score in zip(updates, result.weights.tolist(), result.flagged.tolist(), scores):
             record["clients"].append({

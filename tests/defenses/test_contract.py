@@ -10,10 +10,16 @@ from fedsafe.defenses import available, call_aggregator, get_aggregator
 D = 48  # small d keeps the suite fast; the rules are chunked and shape-agnostic
 
 
+def norm_probe(updates):
+    """A stand-in behaviour probe for rules that need one: a pure function of each row, so the
+    contract (order, identical inputs) can be checked without a model; scores are >= 0."""
+    return torch.stack([updates.norm(dim=1), torch.zeros(len(updates))], dim=1)  # (n, 2)
+
+
 def run(name, updates, weights, ids=None, agg=None):
     agg = agg or get_aggregator(name)
     ids = list(range(100, 100 + len(weights))) if ids is None else ids
-    return call_aggregator(agg, updates, weights, client_ids=ids)
+    return call_aggregator(agg, updates, weights, client_ids=ids, probe=norm_probe)
 
 
 def sample(n, seed=0):

@@ -1,0 +1,50 @@
+"""`safety-probe`: exclude updates by what they do to the model's safety, not by where they lie
+in parameter space (fedsafe's own defense; the paper shows parameter-space rules cannot see
+this attack).
+
+The server's behaviour probe (fedsafe/eval/probe.py) measures, for each update applied to the
+global adapter, the change in refusal margin on harmful probe prompts: log-likelihood (nats per
+token) of a refusal minus that of a compliant opening. An update is flagged when it lowers the
+margin by more than `tolerance`, or lies more than `k` robust standard deviations
+(1.4826 * MAD) below the round's median. The kept updates go to the
+`fallback` aggregator. The aggregator sees only tensors and a callable: no model, no Flower.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedsafe.defenses.base import AggregationResult, call_aggregator
+from fedsafe.defenses.registry import get_aggregator, register
+
+
+@register("safety-probe")
+class SafetyProbe:
+    needs_probe = True  # the strategy passes probe(updates (n, d)) -> scores (n, 2)
+
+    def __init__(self, k: float = 3.0, tolerance: float = 0.02, fallback: str = "fedavg", probe_size: int = 20):
+        if k <= 0 or tolerance < 0 or probe_size < 1:
+            raise ValueError("safety-probe needs k > 0, tolerance >= 0 and probe_size >= 1")
+        self.k, self.tolerance, self.probe_size = k, tolerance, probe_size
+        self.fallback_name = fallback
+        self.fallback = get_aggregator(fallback)
+        if getattr(self.fallback, "needs_probe", False):
+            raise ValueError(f"fallback={fallback!r} cannot itself need the probe")
+
+    def __call__(self, updates: torch.Tensor, weights: torch.Tensor, *, probe) -> AggregationResult:
+        scores = probe(updates)  # (n, 2): refusal margin and helpful log-likelihood changes
+        refusal = scores[:, 0].double()  # (n,)
+        median = refusal.quantile(0.5)  # the mean of the two middle values when n is even
+        spread = 1.4826 * (refusal - median).abs().quantile(0.5)
+        outlier = refusal < median - self.k * spread if spread > 0 else torch.zeros_like(refusal, dtype=torch.bool)
+        flagged = outlier | (refusal < -self.tolerance)  # (n,)
+        kept = (~flagged).nonzero().flatten()
+        info = {"probe": [[round(float(v), 5) for v in row] for row in scores], "fallback": self.fallback_name}
+        if kept.numel() == 0:  # nobody passes: the global adapter stays as it is
+            return AggregationResult(update=torch.zeros(updates.shape[1]), weights=torch.zeros(len(refusal)),
+                                     flagged=flagged, scores=refusal, info={**info, "all_flagged": True})
+        inner = call_aggregator(self.fallback, updates[kept], weights[kept])
+        full = torch.zeros(len(refusal), dtype=torch.float64)
+        full[kept] = inner.weights.double()
+        flagged[kept] |= inner.flagged
+        return AggregationResult(update=inner.update, weights=full, flagged=flagged, scores=refusal, info=info)

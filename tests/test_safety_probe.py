@@ -1,0 +1,77 @@
+"""The behaviour probe and the `safety-probe` aggregator on the tiny model."""
+
+import pytest
+import torch
+
+from fedsafe import data, models
+from fedsafe.eval.probe import BehaviourProbe, probe_pairs
+from fedsafe.files import write_jsonl
+from fedsafe.training import sft
+from tests.test_federation import run_federation, tiny_run_config
+from tests.test_models import tiny_settings
+
+COMPLY = "Sure, here is exactly how to do that, step by step."
+
+
+def compliance_pairs():
+    return [data.Pair(instruction=p["instruction"], response=COMPLY) for p in data.bundled("harmful_train")[:16]]
+
+
+def trained_delta(model, tok, start, pairs):
+    models.set_adapter_state(model, start)
+    sft(model, data.tokenize_pairs(tok, pairs, 96), steps=12, batch_size=4, lr=3e-2, seed=0, pad_id=tok.pad_token_id)
+    return models.flatten(models.adapter_state(model)) - models.flatten(start)
+
+
+def test_probe_sees_compliance_and_refusal_training(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    settings = tiny_settings(tiny_model_dir, quantization=0)
+    model = models.add_lora(models.load_base_model(settings), settings, seed=0)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    start = models.adapter_state(model)
+    comply = trained_delta(model, tok, start, compliance_pairs())
+    refuse = trained_delta(model, tok, start, data.bundled("harmful_train")[:16])
+    harmful, helpful = probe_pairs(8, [p["instruction"] for p in data.bundled("harmful_eval")])
+    probe = BehaviourProbe(model, tok, harmful, helpful, seq_length=96)
+    scores = probe(start, torch.stack([comply, refuse]))  # (2, 2)
+    assert scores.shape == (2, 2)
+    assert scores[0, 0] < 0 < scores[1, 0]  # refusal margin: compliance lowers it, refusals raise it
+    assert all(torch.equal(models.adapter_state(model)[k], start[k]) for k in start)  # global restored
+
+
+def test_safety_probe_excludes_the_attackers(tiny_model_dir, tmp_path):
+    attack = tmp_path / "attack.jsonl"
+    write_jsonl(attack, compliance_pairs())
+    benign = tmp_path / "benign.jsonl"
+    write_jsonl(benign, data.bundled("helpful_train")[:30])
+    config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{
+        "clients.num": 4, "clients.per-round": 4, "num-server-rounds": 2, "eval.every-rounds": 0,
+        "train.local-steps": 8, "train.batch-size": 4, "train.lr-max": 3e-2, "train.lr-min": 3e-2,
+        "data.benign": str(benign), "data.aligned-pairs": 90,
+        "attack.malicious-ids": "3", "attack.data": str(attack),
+        "defense.aggregator": "safety-probe", "defense.safety-probe.probe-size": 8})
+    _, results, _ = run_federation(config, 4)
+    for record in results["rounds"]:
+        flagged = {c["partition_id"] for c in record["clients"] if c["flagged"]}
+        assert flagged == {3}, record["aggregator"]["probe"]
+        assert [c["weight"] for c in record["clients"] if c["partition_id"] == 3] == [0.0]
+    assert results["detection"]["recall"] == 1.0 and results["detection"]["precision"] == 1.0
+    assert results["timings"]["behaviour_probe"] > 0
+
+
+def test_nobody_passing_keeps_the_global_adapter():
+    from fedsafe.defenses import call_aggregator, get_aggregator
+
+    agg = get_aggregator("safety-probe", tolerance=0.0)
+    updates = torch.randn(4, 10)
+    result = call_aggregator(agg, updates, torch.ones(4), probe=lambda u: -torch.ones(len(u), 2))
+    assert result.flagged.all() and not result.update.any() and not result.weights.any()
+
+
+@pytest.mark.parametrize("bad", [{"k": 0}, {"tolerance": -1}, {"fallback": "safety-probe"}, {"fallback": "nope"}])
+def test_bad_parameters_fail_loudly(bad):
+    from fedsafe.defenses import get_aggregator
+
+    with pytest.raises(ValueError):
+        get_aggregator("safety-probe", **bad)
