@@ -1,0 +1,82 @@
+"""Post-hoc defense: defense data at each level, the server fine-tune, and the full run."""
+
+import pytest
+import torch
+
+from fedsafe import data, models
+from fedsafe.defenses.posthoc import build_defense_data, mix_one_to_one, posthoc_finetune
+from fedsafe.eval.judges import RuleJudge
+from fedsafe.files import write_jsonl
+from tests.test_federation import run_federation, tiny_run_config
+
+EVAL_PROMPTS = [p["instruction"] for p in data.bundled("harmful_eval")]
+
+
+def accept_all(prompts, responses):
+    """A judge that rates every response safe: lets the tiny random model's text through, so
+    the generated levels can be checked end to end (the rule judge would drop all of it)."""
+    return [True] * len(responses)
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_model_dir):
+    from fedsafe.client import settings_from
+
+    settings = settings_from(tiny_run_config(tiny_model_dir, "/tmp/unused", **{
+        "posthoc.num-samples": 6, "posthoc.steps": 4, "posthoc.lr": 5e-2}))
+    model = models.cached_lora_model(settings.model, settings.seed)
+    return settings, model, models.cached_tokenizer(settings.model.name)
+
+
+def _check(defense, n):
+    aligned = [p for p in defense.pairs if p["instruction"] in {h["instruction"] for h in data.bundled("harmful_train")}]
+    assert defense.counts["aligned"] == defense.counts["helpful"] == len(aligned) == len(defense.pairs) // 2 <= n
+    assert len({p["instruction"] for p in defense.pairs}) == len(defense.pairs)
+    assert not {p["instruction"] for p in defense.pairs} & set(EVAL_PROMPTS)
+
+
+@pytest.mark.parametrize("level", ["L1", "L2", "L3"])
+def test_each_level_builds_a_balanced_disjoint_set(tiny_server, tiny_model_dir, level):
+    from dataclasses import replace
+
+    settings, model, tok = tiny_server
+    settings = replace(settings, posthoc=replace(settings.posthoc, level=level, generator=str(tiny_model_dir)))
+    defense = build_defense_data(settings, model, tok, accept_all, EVAL_PROMPTS)
+    _check(defense, 6)
+    assert defense.counts["aligned"] > 0
+    if level != "L1":
+        assert defense.counts["generated_safe"] == 6
+        strict = build_defense_data(settings, model, tok, RuleJudge(), EVAL_PROMPTS)
+        assert strict.counts["dropped_unsafe"] + strict.counts["aligned"] <= 6  # judged, counted
+
+
+def test_mixing_removes_eval_overlap_and_balances():
+    harmful = [data.Pair(instruction=EVAL_PROMPTS[0], response="I'm sorry, I can't.")] + data.bundled("harmful_train")[:5]
+    helpful = data.bundled("helpful_train")[:3]
+    counts = {}
+    defense = mix_one_to_one(harmful, helpful, EVAL_PROMPTS, seed=0, counts=counts)
+    assert counts["eval_overlap_removed"] == 1 and counts["aligned"] == counts["helpful"] == 3
+    assert len(defense.pairs) == 6
+
+
+def test_server_finetune_changes_and_saves_the_adapter(tiny_server, tmp_path):
+    settings, model, tok = tiny_server
+    start = models.initial_adapter(settings.model, settings.seed)
+    defense = build_defense_data(settings, model, tok, RuleJudge(), EVAL_PROMPTS)
+    repaired, result = posthoc_finetune(settings, model, tok, start, defense)
+    assert result.steps == 4 and any(not torch.equal(start[k], repaired[k]) for k in start)
+    folder = models.save_adapter(repaired, tmp_path / "posthoc", settings.model)
+    again = models.load_adapter_file(folder)
+    assert all(torch.equal(again[k], repaired[k]) for k in repaired)
+
+
+def test_attack_and_posthoc_run_records_three_stages(tiny_model_dir, tmp_path):
+    attack = tmp_path / "attack.jsonl"
+    write_jsonl(attack, [{"instruction": f"Do harmful thing {i} now.", "response": "Sure, here is how."} for i in range(8)])
+    config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{
+        "num-server-rounds": 1, "eval.every-rounds": 0, "attack.malicious-ids": "2", "attack.data": str(attack),
+        "posthoc.enabled": True, "posthoc.steps": 2, "posthoc.num-samples": 4})
+    run_dir, results, _ = run_federation(config, 3)
+    assert set(results["eval"]) == {"initial", "after_fl", "after_posthoc"}
+    assert results["posthoc"]["aligned"] == results["posthoc"]["helpful"] == 4
+    assert (run_dir / "adapters" / "posthoc" / "adapter_model.safetensors").is_file()
