@@ -15,6 +15,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from flwr.common.config import flatten_dict
+
 from fedsafe.config import ConfigError, from_run_config
 
 
@@ -24,11 +26,11 @@ def parse_overrides(specs: list[str]) -> dict:
     for spec in specs or []:
         path = Path(spec)
         if path.suffix == ".toml" and path.is_file():
-            merged.update(_flatten(tomllib.loads(path.read_text())))
+            merged.update(flatten_dict(tomllib.loads(path.read_text())))
             continue
         for item in _split(spec):
             key, _, value = item.partition("=")
-            merged.update(_flatten(tomllib.loads(f'"{key.strip()}" = {value.strip()}')))
+            merged.update(flatten_dict(tomllib.loads(f'"{key.strip()}" = {value.strip()}')))
     return merged
 
 
@@ -45,16 +47,6 @@ def _split(spec: str) -> list[str]:
         else:
             current += ch
     return items + ([current] if current else [])
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _settings(args):

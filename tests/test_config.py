@@ -4,6 +4,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from flwr.common.config import flatten_dict
 
 from fedsafe.config import KEYS, ConfigError, defaults, from_run_config
 from fedsafe.defenses import available
@@ -13,13 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _pyproject_config() -> dict:
     """Flower's flattening of [tool.flwr.app.config] (dotted keys)."""
-    def flatten(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                yield from flatten(v, f"{prefix}{k}.")
-            else:
-                yield f"{prefix}{k}", v
-    return dict(flatten(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]))
+    return flatten_dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
 
 
 def test_pyproject_defaults_equal_config_defaults():

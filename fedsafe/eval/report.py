@@ -9,22 +9,13 @@ import json
 import math
 from pathlib import Path
 
+from flwr.common.config import flatten_dict
+
 from fedsafe.eval.plots import STAGES, malicious_ids, plot_clients, plot_safety
 
 SAFETY_PNG, CLIENTS_PNG = "safety.png", "clients.png"
 DASH = "\u2013"  # shown for missing or undefined values
 DAGGER = "\u2020"  # marks rounds that kept the previous global adapter
-
-
-def _flatten(config: dict, prefix: str = "") -> dict:
-    """Flat kebab dotted keys (as results.json stores them); a nested dict is accepted too."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _num(value, fmt: str) -> str:
@@ -145,7 +136,7 @@ def write_report(run_dir: Path) -> Path:
     """Write `report.md` (and the PNGs it embeds) into `run_dir`; return the report's path."""
     run_dir = Path(run_dir)
     results = json.loads((run_dir / "results.json").read_text())
-    config = _flatten(results.get("config") or {})
+    config = flatten_dict(results.get("config") or {})
     rounds = results.get("rounds") or []
     evals = results.get("eval") or {}
     malicious = malicious_ids(config, rounds)
