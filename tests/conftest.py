@@ -1,4 +1,5 @@
-"""Shared test fixtures: a tiny random Llama and a byte-level tokenizer, built in code.
+"""Shared test fixtures: a tiny random Llama and a byte-level tokenizer, built in code, and a
+real simulation-mode SuperLink for the tests that call `flwr run`.
 
 No model can be downloaded in CI, so tests run on models built here: a 2-layer Llama with
 hidden size 64 (bitsandbytes packs 4-bit CPU weights in blocks of 64) and a byte-level BPE
@@ -6,6 +7,12 @@ tokenizer trained on a small English corpus, saved with
 `save_pretrained` so code under test loads them exactly as it loads a Hub folder.
 """
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +136,56 @@ def tiny_classifier_dir(tmp_path_factory) -> Path:
     LlamaForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"superlink exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def superlink(tmp_path):
+    """A simulation-mode SuperLink in its own process group, killed as a group afterwards.
+    Yields the environment for `flwr run`: FLWR_HOME/config.toml declares the default
+    connection "sim" with 3 SuperNodes."""
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    port = free_port()  # flwr 1.42 serves the runtime, control and fleet APIs on one HTTP port
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FEDSAFE_CACHE": str(tmp_path / "cache"),
+           "RAY_DEDUP_LOGS": "0"}
+    binary = Path(sys.executable).parent / "flower-superlink"
+    with open(tmp_path / "superlink.log", "w") as log:
+        proc = subprocess.Popen(
+            [str(binary), "--insecure", "--simulation", "--isolation", "subprocess",
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_for_port(port, proc)
+        (home / "config.toml").write_text(
+            '[superlink]\ndefault = "sim"\n\n[superlink.sim]\n'
+            f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+            "options.num-supernodes = 3\noptions.backend.client-resources.num-cpus = 1\n"
+        )
+        yield env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -34,8 +34,9 @@ class Evaluator:
         self.llm_judge = (LLMJudge(cfg.helpfulness_url, cfg.helpfulness_model, cfg.helpfulness_api_key_env)
                           if cfg.helpfulness_url and cfg.helpfulness_model else None)
 
-    def stage(self, name: str, model, tokenizer) -> dict:
-        """Full evaluation; per-prompt rows go to eval/<name>.jsonl in the run directory."""
+    def stage(self, name: str, model, tokenizer, rows_path: Path | None = None) -> dict:
+        """Full evaluation; per-prompt rows go to `rows_path`, else to eval/<name>.jsonl in the
+        run directory (none without either)."""
         started = time.perf_counter()
         safety = judge_responses(model, tokenizer, self.harmful, self.judge, self.generation, label=f"{name} harmful")
         questions = [p["instruction"] for p in self.benign]
@@ -51,10 +52,12 @@ class Evaluator:
         }
         metrics["llm_judge"] = self.llm_judge.mean_grade(questions, answers) if self.llm_judge else NO_LLM_JUDGE
         metrics["seconds"] = round(time.perf_counter() - started, 1)
-        if self.run_dir is not None:
+        if rows_path is None and self.run_dir is not None:
+            rows_path = self.run_dir / "eval" / f"{name}.jsonl"
+        if rows_path is not None:
             rows = [{"kind": "harmful", **r} for r in safety.rows()] + [
                 {"kind": "benign", "prompt": q, "response": a, "refused": r} for q, a, r in zip(questions, answers, refused)]
-            write_jsonl(self.run_dir / "eval" / f"{name}.jsonl", rows)
+            write_jsonl(rows_path, rows)
         log.info("eval %s: %s", name, metrics)
         return metrics
 
