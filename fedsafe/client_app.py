@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import sys
 
-import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsafe import models
-from fedsafe.client import settings_from, train_locally
+from fedsafe import model_cache
 from fedsafe.logs import console_logging
+from fedsafe.transport import packed_arrays
 
-app = ClientApp()
+app = ClientApp(mods=[packed_arrays])  # adapters travel as one Array (fedsafe/transport.py)
 
 
 def _in_ray_actor() -> bool:
@@ -31,8 +30,14 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[model_cache.in_node_worker])  # deployment: this node's long-lived worker runs it
 def train(msg: Message, context: Context) -> Message:
+    # Imported here: a deployment's ClientApp process only forwards to the worker (seconds saved).
+    import torch
+
+    from fedsafe import models
+    from fedsafe.client import settings_from, train_locally
+
     if _in_ray_actor():
         torch.set_num_threads(1)  # Ray runs one client per core; more threads only contend
     console_logging()

@@ -16,6 +16,7 @@ from fedsafe.eval.report import write_report
 from fedsafe.logs import console_logging
 from fedsafe.results import create_run_dir
 from fedsafe.server import Server
+from fedsafe.transport import PackedGrid
 
 app = ServerApp()
 
@@ -48,8 +49,8 @@ def main(grid: Grid, context: Context) -> None:
         strategy = with_dp(RobustStrategy(settings, aggregator, server.recorder, probe=server.behaviour_probe,
                                           wait_seconds=settings.clients.timeout, first_round=first_round), settings)
         fl_started = time.perf_counter()
-        result = strategy.start(grid=grid, initial_arrays=models.to_arrays(global_state), num_rounds=remaining,
-                                timeout=settings.clients.timeout, evaluate_fn=after_round)
+        result = strategy.start(grid=PackedGrid(grid), initial_arrays=models.to_arrays(global_state),
+                                num_rounds=remaining, timeout=settings.clients.timeout, evaluate_fn=after_round)
         server.recorder.add_timing("rounds", time.perf_counter() - fl_started)
         if server.behaviour_probe is not None:
             server.recorder.add_timing("behaviour_probe", server.behaviour_probe.seconds)
