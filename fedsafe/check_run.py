@@ -32,10 +32,11 @@ def problems(run_dir: Path) -> list[str]:
     rounds = config["num-server-rounds"]
     if len(results.get("rounds", [])) != rounds:
         found.append(f"{len(results.get('rounds', []))} of {rounds} rounds recorded")
+    trained_in = Path(results.get("branched_from", run_dir))  # a post-hoc branch reuses its source's rounds
     for r in range(1, rounds + 1):
-        if not (run_dir / "adapters" / f"round-{r:03d}" / "adapter_model.safetensors").is_file():
+        if not (trained_in / "adapters" / f"round-{r:03d}" / "adapter_model.safetensors").is_file():
             found.append(f"adapter of round {r} is missing")
-    stages = ["initial", "after_fl"] + (["after_posthoc"] if config["posthoc.enabled"] else [])
+    stages = ["initial"] * config.get("eval.initial", True) + ["after_fl"] + (["after_posthoc"] if config["posthoc.enabled"] else [])
     found += [f"eval stage {s} is missing" for s in stages if s not in results.get("eval", {})]
     if not (run_dir / "report.md").is_file():
         found.append("report.md is missing")

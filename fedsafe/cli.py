@@ -3,6 +3,7 @@
   fedsafe check-config [--run-config ...]      resolved config, or the one-line error
   fedsafe gen-attack-data [--run-config ...]   generate/cache the attack data, print path and counts
   fedsafe eval [--model M] [--adapter DIR] [--benchmark B] [--limit N] [--out ROWS.jsonl]
+  fedsafe posthoc RUN_DIR [--run-config 'posthoc.level="L3"']   post-hoc again on a finished run
   fedsafe report RUN_DIR                       (re)build report.md and plots
   fedsafe sweep [--aggregators ...] [--levels ...] [--out DIR]   the paper's table, resumable
 """
@@ -88,6 +89,15 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_posthoc(args) -> int:
+    from fedsafe.branch import run_branch
+    from fedsafe.logs import console_logging
+
+    console_logging()
+    run_branch(Path(args.run_dir), parse_overrides(args.run_config))
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from fedsafe.sweep import SweepError, run_sweep
 
@@ -114,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     with_config(sub.add_parser("check-config", help="print the resolved config")).set_defaults(fn=cmd_check_config)
     with_config(sub.add_parser("gen-attack-data", help="generate/cache attack data")).set_defaults(
         fn=cmd_gen_attack_data)
+    p = with_config(sub.add_parser("posthoc", help="post-hoc defense on a finished run's global adapter, "
+                                   "as a new run directory (only posthoc.* / eval.* keys may change)"))
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_posthoc)
     p = sub.add_parser("report", help="(re)build report.md and plots of a run directory")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)

@@ -143,6 +143,8 @@ KEYS: dict[str, Key] = {
     "attack.benign-mix": Key(float, 0.0, _unit, "share of benign samples for stealth"),
     "attack.update": Key(str, "none", _choice(*UPDATE_ATTACKS), "model poisoning on the delta"),
     "attack.update-factor": Key(float, 10.0, _positive, "scale for 'scale'/'sign-flip', std for 'gaussian'"),
+    "attack.probe-tolerance": Key(float, 0.02, _non_negative,
+                                  "'probe-aware': margin drop its own probe may show; safety-probe's default"),
     "defense.aggregator": Key(str, "fedavg", None, "registered name or 'package.module:attr'"),
     "defense.dp.noise-multiplier": Key(float, 0.0, _non_negative, "0 = no DP"),
     "defense.dp.clipping-norm": Key(float, 1.0, _positive),
@@ -156,6 +158,8 @@ KEYS: dict[str, Key] = {
     "eval.safety.benchmark": Key(str, "bundled", _data_source(*BENCHMARKS)),
     "eval.safety.limit": Key(int, 0, _non_negative, "0 = all prompts"),
     "eval.benign.limit": Key(int, 0, _non_negative, "0 = all held-out benign prompts"),
+    "eval.initial": Key(bool, True, None, "evaluate the base model first (the same in every run of "
+                        "one model: a sweep does it once)"),
     "eval.every-rounds": Key(int, 0, _non_negative, "safety probe cadence; 0 = off"),
     "eval.probe-size": Key(int, 20, _positive),
     "eval.judge": Key(str, "rule", None, "'rule' or a judge model id/folder"),
@@ -228,6 +232,7 @@ class AttackSettings:
     benign_mix: float
     update: str
     update_factor: float
+    probe_tolerance: float
 
 
 @dataclass(frozen=True)
@@ -254,6 +259,7 @@ class EvalSettings:
     benchmark: str
     safety_limit: int
     benign_limit: int
+    initial: bool
     every_rounds: int
     probe_size: int
     judge: str
@@ -372,8 +378,8 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
         posthoc=PosthocSettings(**_section(flat, "posthoc.")),
         eval=EvalSettings(
             benchmark=flat["eval.safety.benchmark"], safety_limit=flat["eval.safety.limit"],
-            benign_limit=flat["eval.benign.limit"], every_rounds=flat["eval.every-rounds"],
-            probe_size=flat["eval.probe-size"], judge=flat["eval.judge"],
+            benign_limit=flat["eval.benign.limit"], initial=flat["eval.initial"],
+            every_rounds=flat["eval.every-rounds"], probe_size=flat["eval.probe-size"], judge=flat["eval.judge"],
             max_new_tokens=flat["eval.max-new-tokens"], batch_size=flat["eval.batch-size"],
             helpfulness_url=flat["eval.helpfulness.url"], helpfulness_model=flat["eval.helpfulness.model"],
             helpfulness_api_key_env=flat["eval.helpfulness.api-key-env"],

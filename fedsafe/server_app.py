@@ -33,7 +33,7 @@ def main(grid: Grid, context: Context) -> None:
     first_round, global_state = server.resume_point()
     if "attack_data" not in server.recorder.data:
         server.recorder.set("attack_data", attack_summary(settings))
-    if "initial" not in server.recorder.data["eval"]:
+    if settings.eval.initial and "initial" not in server.recorder.data["eval"]:
         server.evaluate("initial", server.initial_state)
 
     def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

@@ -1,11 +1,14 @@
 """`fedsafe sweep`: the main table of Ye et al. 2024 (arXiv 2406.10630) in one command.
 
 Cells: `clean` (no malicious clients), `attack-<aggregator>` for each aggregator, and
-`attack-fedavg-posthoc-<level>` for each post-hoc defense level. Each cell is one real
+`attack-fedavg-posthoc-<level>` for each post-hoc defense level. Each training cell is one real
 `flwr run <app> --stream --run-config OUT/<cell>/cell.toml` against the federation of the
 caller's Flower environment (`FLWR_HOME`), with the same seed and base overrides, writing its run
-directory under OUT/<cell>/. `flwr run` exits 0 even when the run fails, so a cell is judged by
-its files (`check_run.problems`). Resumable: a cell that already holds a complete run made with
+directory under OUT/<cell>/. A post-hoc cell trains nothing: it branches the `attack-fedavg`
+cell's finished run (`fedsafe posthoc`, fedsafe/branch.py), which is what an inline post-hoc run
+would compute after the same rounds. The base model is evaluated once, in the clean cell
+(`eval.initial` is off elsewhere). `flwr run` exits 0 even when the run fails, so a cell is judged
+by its files (`check_run.problems`). Resumable: a cell that already holds a complete run made with
 the same config is skipped. Writes OUT/summary.md, OUT/summary.json and OUT/summary.png.
 """
 
@@ -44,18 +47,28 @@ class SweepError(RuntimeError):
 class Cell:
     name: str
     overrides: dict  # on top of the base overrides
+    branch_of: str | None = None  # a post-hoc cell: the training cell whose finished run it branches
+
+
+SOURCE = "attack-fedavg"  # what the post-hoc cells defend
 
 
 def plan(aggregators: list[str], levels: list[str]) -> list[Cell]:
     """clean, attack-<agg> for each aggregator, attack-fedavg-posthoc-<level> for each level."""
     cells = [Cell("clean", {"attack.num-malicious": 0, "attack.malicious-ids": "",
                             "defense.aggregator": "fedavg", "posthoc.enabled": False})]
-    for agg in dict.fromkeys(a.strip() for a in aggregators if a.strip()):
+    levels = list(dict.fromkeys(x.strip() for x in levels if x.strip()))
+    chosen = list(dict.fromkeys(a.strip() for a in aggregators if a.strip()))
+    if levels and "fedavg" not in chosen:
+        chosen.insert(0, "fedavg")  # the post-hoc cells branch its run
+    for agg in chosen:
         name = re.sub(r"[^A-Za-z0-9_.-]+", ".", agg)  # 'pkg.mod:Rule' -> 'pkg.mod.Rule'
-        cells.append(Cell(f"attack-{name}", {"defense.aggregator": agg, "posthoc.enabled": False}))
-    for level in dict.fromkeys(x.strip() for x in levels if x.strip()):
-        cells.append(Cell(f"attack-fedavg-posthoc-{level}", {
-            "defense.aggregator": "fedavg", "posthoc.enabled": True, "posthoc.level": level}))
+        cells.append(Cell(f"attack-{name}", {"defense.aggregator": agg, "posthoc.enabled": False,
+                                             "eval.initial": False}))
+    for level in levels:
+        cells.append(Cell(f"{SOURCE}-posthoc-{level}", {
+            "defense.aggregator": "fedavg", "posthoc.enabled": True, "posthoc.level": level, "eval.initial": False},
+            branch_of=SOURCE))
     return cells
 
 
@@ -178,6 +191,23 @@ def flwr_run(app: Path, cell_toml: Path, log: Path, env: dict, timeout: float, s
                 _stop_group(proc)
 
 
+def branch_run(source: Path, cell: Cell, cell_dir: Path, log: Path, env: dict, timeout: float) -> bool:
+    """`fedsafe posthoc SOURCE` with the cell's post-hoc/eval keys; False past `timeout`."""
+    keys = {k: v for k, v in cell.overrides.items() if k.startswith(("posthoc.", "eval."))}
+    spec = " ".join(f"{k}={_toml_value(v)}" for k, v in {**keys, "output-dir": str(cell_dir)}.items())
+    cmd = [sys.executable, "-m", "fedsafe.cli", "posthoc", str(source), "--run-config", spec]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+        finally:
+            if proc.poll() is None:
+                _stop_group(proc)
+
+
 def _record(cell: Cell, resolved: dict, status: str, seconds: float, run: Path | None, found: list[str]) -> dict:
     try:
         results = read_json(run / "results.json") if run else {}
@@ -212,7 +242,8 @@ def summary_markdown(records: list[dict], base: dict) -> str:
             f"{det['precision']:.2f}" if attacked else DASH, f"{det['recall']:.2f}" if attacked else DASH,
             f"{wall:.0f} s" if wall else DASH,
         ]) + " |")
-    lines += ["", "Benign refusal and helpfulness are of the last stage (after post-hoc when it ran, else "
+    lines += ["", "Safety initial: the base model, evaluated once (clean cell). Post-hoc cells branch the "
+              f"{SOURCE} run (same rounds). Benign refusal and helpfulness are of the last stage (after post-hoc when it ran, else "
               "after FL). Detection: flagged vs truly malicious clients over all rounds (–: no malicious client "
               "was sampled). Wall time: the run's own total, without `flwr run` and Ray start-up.", "",
               "Base overrides: " + (", ".join(f"`{k}={v}`" for k, v in base.items()) or "none"), ""]
@@ -280,10 +311,19 @@ def run_sweep(out: Path, aggregators: list[str], levels: list[str], overrides: d
             print(f"{prefix}: skipped (complete run: {run})", flush=True)
             records.append(_record(cell, cell_overrides, "skipped", 0.0, run, []))
             continue
-        print(f"{prefix}: running (log: {cell_dir / 'flwr.log'})", flush=True)
+        source = next((r["run_dir"] for r in records if r["cell"] == cell.branch_of and r["status"] in ("done", "skipped")),
+                      None)
+        if cell.branch_of and source is None:
+            print(f"{prefix}: not run ({cell.branch_of} did not finish)", flush=True)
+            records.append(_record(cell, cell_overrides, "failed", 0.0, None, [f"{cell.branch_of} did not finish"]))
+            continue
+        log = cell_dir / ("branch.log" if cell.branch_of else "flwr.log")
+        print(f"{prefix}: running (log: {log})", flush=True)
         started = time.perf_counter()
-        log = cell_dir / "flwr.log"
-        finished = flwr_run(app, cell_dir / "cell.toml", log, env, timeout, superlink)
+        if cell.branch_of:
+            finished = branch_run(Path(source), cell, cell_dir, log, env, timeout)
+        else:
+            finished = flwr_run(app, cell_dir / "cell.toml", log, env, timeout, superlink)
         seconds = time.perf_counter() - started
         run = run_dir_from(log)
         found = _problems(run) if run else ["no run directory printed (the ServerApp failed early)"]

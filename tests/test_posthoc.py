@@ -3,10 +3,12 @@
 import pytest
 import torch
 
-from fedsafe import data, models
+from fedsafe import cli, data, models
+from fedsafe.branch import run_branch
+from fedsafe.config import ConfigError
 from fedsafe.defenses.posthoc import build_defense_data, mix_one_to_one, posthoc_finetune
 from fedsafe.eval.judges import RuleJudge
-from fedsafe.files import write_jsonl
+from fedsafe.files import read_json, write_jsonl
 from tests.test_federation import run_federation, tiny_run_config
 
 EVAL_PROMPTS = [p["instruction"] for p in data.bundled("harmful_eval")]
@@ -80,3 +82,28 @@ def test_attack_and_posthoc_run_records_three_stages(tiny_model_dir, tmp_path):
     assert set(results["eval"]) == {"initial", "after_fl", "after_posthoc"}
     assert results["posthoc"]["aligned"] == results["posthoc"]["helpful"] == 4
     assert (run_dir / "adapters" / "posthoc" / "adapter_model.safetensors").is_file()
+    _branches_reproduce_and_refuse_training_changes(run_dir, results)
+
+
+def _branches_reproduce_and_refuse_training_changes(run_dir, results):
+    """`fedsafe posthoc RUN_DIR`: the source's own config gives the source's post-hoc adapter and
+    evaluation; another step count gives another adapter; a training key is refused up front."""
+    same = run_branch(run_dir, {})
+    assert same.parent == run_dir / "branches"
+    branched = read_json(same / "results.json")
+    assert branched["branched_from"] == str(run_dir) and branched["rounds"] == results["rounds"]
+    assert branched["eval"]["after_fl"] == results["eval"]["after_fl"]  # copied: same eval config
+    strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}  # noqa: E731
+    assert strip(branched["eval"]["after_posthoc"]) == strip(results["eval"]["after_posthoc"])
+    ours, theirs = (models.load_adapter_file(d / "adapters" / "posthoc") for d in (run_dir, same))
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    longer = cli.main(["posthoc", str(run_dir), "--run-config", "posthoc.steps=4 eval.max-new-tokens=4"])
+    assert longer == 0
+    newest = max((run_dir / "branches").iterdir(), key=lambda d: d.stat().st_mtime)
+    again = models.load_adapter_file(newest / "adapters" / "posthoc")
+    assert not all(torch.equal(ours[k], again[k]) for k in ours)
+    assert (newest / "eval" / "after_fl.jsonl").is_file() and not (same / "eval" / "after_fl.jsonl").exists()
+    with pytest.raises(ConfigError, match="train.lr-max"):
+        run_branch(run_dir, {"train.lr-max": 0.5})
+    assert cli.main(["posthoc", str(run_dir / "adapters")]) == 2  # not a run directory: one-line error
