@@ -24,25 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, run as script or module
 sys.path.insert(0, str(ROOT))
-from common import report  # noqa: E402
+from common import report, tiny_model  # noqa: E402
 
 from deploy.local import LocalFederation  # noqa: E402
 
 TARGET = 1.5
-
-
-def tiny_model(path: Path) -> Path:
-    """The tests' tiny random Llama (2 layers, hidden 64) with its byte-level tokenizer."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    from tests.conftest import _tiny_llama_config, build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer()
-    torch.manual_seed(0)
-    LlamaForCausalLM(_tiny_llama_config(tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def run_config(path: Path, model: str, args, out: Path) -> Path:
