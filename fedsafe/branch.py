@@ -63,7 +63,8 @@ def run_branch(source: Path, overrides: dict) -> Path:
     for key in COPIED:
         if key in results:
             server.recorder.set(key, results[key])
-    same_eval = all(results["config"].get(k) == v for k, v in settings.flat.items() if k.startswith("eval."))
+    # A key the source predates had its default then, which is what it resolves to now.
+    same_eval = all(results["config"].get(k, v) == v for k, v in settings.flat.items() if k.startswith("eval."))
     for stage in ("initial", "after_fl"):
         if stage == "initial" and not settings.eval.initial:
             continue
