@@ -16,6 +16,7 @@ import torch
 from fedsafe import data, models
 from fedsafe.attacks.poison_data import malicious_pairs
 from fedsafe.attacks.poison_update import poison_delta
+from fedsafe.attacks.probe_aware import probe_aware_scale
 from fedsafe.config import Settings, from_run_config
 from fedsafe.training import TrainResult, sft
 
@@ -60,6 +61,7 @@ class LocalUpdate:
     result: TrainResult
     num_examples: int
     malicious: bool
+    update_scale: float = 1.0  # what `probe-aware` multiplied the poisoned delta by
 
 
 def _train(settings: Settings, examples: list[data.Example], global_state, server_round: int, lr: float,
@@ -83,18 +85,40 @@ def _benign_reference_norm(settings: Settings, partition_id: int, global_state, 
     return float((models.flatten(state) - models.flatten(global_state)).norm())
 
 
+def _probe_aware_scale(settings: Settings, partition_id: int, global_state, delta: torch.Tensor,
+                       server_round: int) -> float:
+    """The attacker's own probe: the instructions of its attack data (not its benign share)."""
+    own = _benign_partitions(settings)[partition_id]
+    benign = {p["instruction"] for p in own}
+    attack = [p for p in client_pairs(settings, partition_id) if p["instruction"] not in benign]
+    scale, changes = probe_aware_scale(
+        models.cached_lora_model(settings.model, settings.seed),
+        models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code),
+        global_state, delta, attack, own, tolerance=settings.attack.probe_tolerance,
+        seq_length=settings.train.seq_length,
+    )
+    log.info("client %d round %d: probe-aware scale %g (own margin changes %s)", partition_id, server_round,
+             scale, [round(c, 4) for c in changes.tolist()])
+    return scale
+
+
 def train_locally(settings: Settings, partition_id: int, global_state: dict[str, torch.Tensor],
                   server_round: int, lr: float) -> LocalUpdate:
     examples = client_examples(settings, partition_id)
     state, result = _train(settings, examples, global_state, server_round, lr, partition_id)
     malicious = settings.is_malicious(partition_id)
-    mode = settings.attack.update
+    mode, scale = settings.attack.update, 1.0
     if malicious and mode != "none":
-        reference = (_benign_reference_norm(settings, partition_id, global_state, server_round, lr)
-                     if mode == "stealthy-norm" else None)
         delta = models.flatten(state) - models.flatten(global_state)
-        delta = poison_delta(delta, mode, settings.attack.update_factor,
-                             seed=settings.seed * 7_919 + server_round, reference_norm=reference)
+        if mode == "probe-aware":  # needs the model, so not a pure function of the delta
+            scale = _probe_aware_scale(settings, partition_id, global_state, delta, server_round)
+            delta = delta * scale
+        else:
+            reference = (_benign_reference_norm(settings, partition_id, global_state, server_round, lr)
+                         if mode == "stealthy-norm" else None)
+            delta = poison_delta(delta, mode, settings.attack.update_factor,
+                                 seed=settings.seed * 7_919 + server_round, reference_norm=reference)
         state = models.unflatten(models.flatten(global_state) + delta, global_state)
     log.info("client %d round %d: loss %.3f in %.1fs", partition_id, server_round, result.loss, result.seconds)
-    return LocalUpdate(state=state, result=result, num_examples=len(examples), malicious=malicious)
+    return LocalUpdate(state=state, result=result, num_examples=len(examples), malicious=malicious,
+                       update_scale=scale)

@@ -52,6 +52,7 @@ def train(msg: Message, context: Context) -> Message:
         "train_loss": update.result.loss,
         "train_loss_last": update.result.last_loss,
         "train_seconds": update.result.seconds,
+        "update_scale": update.update_scale,
         "partition-id": _partition_id(context),
     })
     content = RecordDict({"arrays": models.to_arrays(update.state), "metrics": metrics})

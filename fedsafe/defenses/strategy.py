@@ -166,6 +166,7 @@ class RobustStrategy(FedAvg):
                 "malicious": self.settings.is_malicious(u.partition_id), "flagged": bool(flag),
                 "weight": round(w, 6), "score": score, "num_examples": u.num_examples,
                 "train_loss": u.metrics.get("train_loss"), "update_norm": round(float(u.delta.norm()), 6),
+                "update_scale": u.metrics.get("update_scale", 1.0),  # < 1: a probe-aware attacker scaled down
             })
         record["detection"] = detection_metrics([c["flagged"] for c in record["clients"]],
                                                 [c["malicious"] for c in record["clients"]])
