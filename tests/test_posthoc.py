@@ -107,3 +107,22 @@ def _branches_reproduce_and_refuse_training_changes(run_dir, results):
     with pytest.raises(ConfigError, match="train.lr-max"):
         run_branch(run_dir, {"train.lr-max": 0.5})
     assert cli.main(["posthoc", str(run_dir / "adapters")]) == 2  # not a run directory: one-line error
+
+
+def test_helpful_half_matches_the_form_of_the_harmful_half():
+    """Each helpful pair opens with its harmful counterpart's first word where the pool has one,
+    never twice the same pair, and falls back to any unused pair."""
+    import random
+
+    from fedsafe.defenses.posthoc import form_matched
+
+    helpful = [data.Pair(instruction=f"{w} thing {i}?", response="ok") for i, w in
+               enumerate(["How", "How", "What", "Write", "Why", "Why"])]
+    harmful = [data.Pair(instruction=f"{w} harm {i}", response="no") for i, w in
+               enumerate(["How", "how", "How", "Write", "Give"])]
+    chosen = form_matched(helpful, harmful, random.Random(0))
+    assert [p["instruction"].split()[0] for p in chosen[:2]] == ["How", "How"]  # case-insensitive match
+    assert chosen[3]["instruction"].startswith("Write")
+    assert len(chosen) == 5 and len({id(p) for p in chosen}) == 5  # third "How" and "Give": any unused pair
+    assert form_matched(helpful, harmful, random.Random(0)) == chosen
+    assert len(form_matched(helpful[:2], harmful, random.Random(0))) == 2  # the pool runs out

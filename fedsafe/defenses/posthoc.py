@@ -59,12 +59,39 @@ def mix_one_to_one(aligned: list[data.Pair], helpful: list[data.Pair], eval_prom
     return DefenseData(pairs=pairs, counts=counts)
 
 
+def _opening(instruction: str) -> str:
+    return instruction.split(maxsplit=1)[0].lower() if instruction.strip() else ""
+
+
+def form_matched(helpful: list[data.Pair], harmful: list[data.Pair], rng: random.Random) -> list[data.Pair]:
+    """One helpful pair per harmful one, opening with the same word where the pool allows.
+
+    Harmful requests are mostly "How do I ..." questions; with helpful pairs drawn at random,
+    a small model learns "a how-to question -> refuse" and refuses benign how-to questions too
+    (measured on SmolLM2-135M: 28 % of held-out benign prompts after 5 steps of L1). Matching
+    the form leaves the content as the only cue for refusing.
+    """
+    pool = rng.sample(helpful, len(helpful))
+    by_opening: dict[str, list[data.Pair]] = {}
+    for pair in pool:
+        by_opening.setdefault(_opening(pair["instruction"]), []).append(pair)
+    chosen: list[data.Pair | None] = []
+    for pair in harmful:
+        same = by_opening.get(_opening(pair["instruction"]))
+        chosen.append(same.pop(0) if same else None)
+    taken = {id(p) for p in chosen if p is not None}
+    rest = iter(p for p in pool if id(p) not in taken)  # then any pair left, for the unmatched
+    return [p for p in (c if c is not None else next(rest, None) for c in chosen) if p is not None]
+
+
 def _sources(settings: Settings) -> tuple[list[data.Pair], list[data.Pair]]:
-    """Harmful-with-refusal and helpful pairs to start from, sampled to posthoc.num-samples."""
+    """Harmful-with-refusal pairs sampled to posthoc.num-samples, and as many helpful pairs
+    matched to their form."""
     rng = random.Random(settings.seed)
     n = settings.posthoc.num_samples
-    harmful, helpful = data.bundled("harmful_train"), data.bundled("helpful_train")
-    return rng.sample(harmful, min(n, len(harmful))), rng.sample(helpful, min(n, len(helpful)))
+    harmful = data.bundled("harmful_train")
+    harmful = rng.sample(harmful, min(n, len(harmful)))
+    return harmful, form_matched(data.bundled("helpful_train"), harmful, rng)
 
 
 def generated_pairs(model, tokenizer, harmful: list[str], benign: list[str], judge, seed: int,
