@@ -68,8 +68,8 @@ def form_matched(helpful: list[data.Pair], harmful: list[data.Pair], rng: random
 
     Harmful requests are mostly "How do I ..." questions; with helpful pairs drawn at random,
     a small model learns "a how-to question -> refuse" and refuses benign how-to questions too
-    (measured on SmolLM2-135M: 28 % of held-out benign prompts after 5 steps of L1). Matching
-    the form leaves the content as the only cue for refusing.
+    (SmolLM2-135M, L1 defaults, seed 0: 18 % of held-out benign prompts refused; 8 % matched).
+    Matching the form leaves the content as the only cue for refusing.
     """
     pool = rng.sample(helpful, len(helpful))
     by_opening: dict[str, list[data.Pair]] = {}
