@@ -18,6 +18,11 @@ BUNDLED_MODEL = "smollm2-135m-instruct"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv")
 LEVELS = ("L1", "L2", "L3")
+# Post-hoc learning rate per level when posthoc.lr = 0. Model-written defense data is
+# low-entropy text: on SmolLM2-135M (L3, seed 0) its mean training loss was 0.8 against 2.7 for
+# the human-written L1 data, and 10 steps at the L1 rate made the model refuse 32 % of benign
+# prompts (7 % at 1e-4). L2 shares L3's rate by the same reasoning, unmeasured here.
+POSTHOC_LR = {"L1": 5e-4, "L2": 1e-4, "L3": 1e-4}
 UPDATE_ATTACKS = ("none", "scale", "sign-flip", "gaussian", "stealthy-norm", "probe-aware")
 BENCHMARKS = ("bundled", "advbench", "harmbench", "jbb")
 
@@ -152,7 +157,7 @@ KEYS: dict[str, Key] = {
     "posthoc.level": Key(str, "L1", _choice(*LEVELS)),
     "posthoc.generator": Key(str, "base", _model_source, "aligned model for L2"),
     "posthoc.steps": Key(int, 10, _positive),
-    "posthoc.lr": Key(float, 5e-4, _positive),
+    "posthoc.lr": Key(float, 0.0, _non_negative, "0 = by level: L1 5e-4, L2/L3 1e-4"),
     "posthoc.batch-size": Key(int, 4, _positive),
     "posthoc.num-samples": Key(int, 40, _positive, "aligned pairs; as many helpful pairs"),
     "eval.safety.benchmark": Key(str, "bundled", _data_source(*BENCHMARKS)),
@@ -375,7 +380,8 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
             dp_noise_multiplier=flat["defense.dp.noise-multiplier"],
             dp_clipping_norm=flat["defense.dp.clipping-norm"],
         ),
-        posthoc=PosthocSettings(**_section(flat, "posthoc.")),
+        posthoc=PosthocSettings(**{**_section(flat, "posthoc."),
+                                   "lr": flat["posthoc.lr"] or POSTHOC_LR[flat["posthoc.level"]]}),
         eval=EvalSettings(
             benchmark=flat["eval.safety.benchmark"], safety_limit=flat["eval.safety.limit"],
             benign_limit=flat["eval.benign.limit"], initial=flat["eval.initial"],

@@ -90,7 +90,8 @@ class Server:
         state, result = posthoc_finetune(self.settings, self.model, self.tokenizer, global_state, defense)
         models.save_adapter(state, self.run_dir / "adapters" / "posthoc", self.settings.model)
         seconds = time.perf_counter() - started
-        self.recorder.set("posthoc", {**defense.counts, "steps": result.steps, "loss": round(result.loss, 4),
+        self.recorder.set("posthoc", {**defense.counts, "steps": result.steps, "lr": self.settings.posthoc.lr,
+                                      "loss": round(result.loss, 4),
                                       "train_seconds": round(result.seconds, 1), "seconds": round(seconds, 1)})
         self.recorder.add_timing("posthoc", seconds)
         return state
