@@ -350,9 +350,12 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
         from fedsafe.defenses import get_aggregator  # light import: no model libraries
 
         try:
-            get_aggregator(aggregator, **params)
+            needs = getattr(get_aggregator(aggregator, **params), "min_clients", 0)
         except (ValueError, TypeError, ImportError, AttributeError) as err:
             raise ConfigError(f"defense.aggregator={aggregator!r}: {err}") from None
+        if needs > flat["clients.per-round"]:  # else round 1 fails, after every model has loaded
+            _fail("clients.per-round", flat["clients.per-round"], f"at least {needs} for defense.aggregator="
+                  f"{aggregator!r} with these parameters")
 
     lora = LoraSettings(
         r=flat["model.lora.r"], alpha=flat["model.lora.alpha"], dropout=flat["model.lora.dropout"],

@@ -31,7 +31,8 @@ def test_every_shipped_defense_param_resolves():
     for key in params:
         name = key.split(".")[1]
         assert name in available(), key
-        from_run_config({**shipped, "defense.aggregator": name})
+        # every client in the round: bulyan (f = 1) needs 7, more than the default 4
+        from_run_config({**shipped, "defense.aggregator": name, "clients.per-round": shipped["clients.num"]})
 
 
 def test_defaults_parse():
@@ -98,3 +99,9 @@ def test_bad_config_names_the_key(override, key):
     message = str(err.value)
     assert message.startswith(key), message
     assert "\n" not in message
+
+
+def test_aggregator_needing_more_clients_than_a_round_has_is_refused_up_front():
+    with pytest.raises(ConfigError, match=r"clients.per-round=4: expected at least 7 .*bulyan"):
+        from_run_config({"defense.aggregator": "bulyan"})
+    assert from_run_config({"defense.aggregator": "bulyan", "clients.per-round": 7}).clients.per_round == 7
