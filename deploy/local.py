@@ -278,6 +278,17 @@ class LocalFederation:
         self.stop()
 
 
+def federation_size(nodes: int) -> str:
+    """clients.num = nodes, and the default experiment's per-round and malicious shares scaled to
+    it (3 nodes: 3 per round, 1 malicious), so a small local federation runs as is."""
+    from fedsafe.config import KEYS
+
+    default = {k: KEYS[k].default for k in ("clients.num", "clients.per-round", "attack.num-malicious")}
+    malicious = round(default["attack.num-malicious"] * nodes / default["clients.num"])
+    return (f"clients.num={nodes} clients.per-round={min(default['clients.per-round'], nodes)} "
+            f"attack.num-malicious={malicious}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--nodes", type=int, default=10, help="SuperNodes = clients.num (default 10)")
@@ -297,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.run_config.endswith(".toml"):  # flwr takes a TOML file alone: it must set clients.num
             configs = [args.run_config]
         else:
-            configs = [f"clients.num={args.nodes}"] + ([args.run_config] if args.run_config else [])
+            configs = [federation_size(args.nodes)] + ([args.run_config] if args.run_config else [])
         _, run_dir = fed.run(*configs, timeout=7 * 24 * 3600, echo=True)
     finally:
         fed.stop()
