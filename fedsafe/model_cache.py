@@ -146,7 +146,8 @@ def _spawn(path: Path) -> subprocess.Popen:
 def _send(sock: socket.socket, header: dict, payload: bytes) -> None:
     head = json.dumps(header).encode()
     sock.sendall(_FRAME.pack(len(head)) + head + _FRAME.pack(len(payload)))
-    sock.sendall(payload)
+    if payload:  # an empty one is complete already: the worker may have answered and closed
+        sock.sendall(payload)
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
