@@ -278,15 +278,14 @@ class LocalFederation:
         self.stop()
 
 
-def federation_size(nodes: int) -> str:
+def federation_size(nodes: int) -> dict:
     """clients.num = nodes, and the default experiment's per-round and malicious shares scaled to
     it (3 nodes: 3 per round, 1 malicious), so a small local federation runs as is."""
     from fedsafe.config import KEYS
 
     default = {k: KEYS[k].default for k in ("clients.num", "clients.per-round", "attack.num-malicious")}
-    malicious = round(default["attack.num-malicious"] * nodes / default["clients.num"])
-    return (f"clients.num={nodes} clients.per-round={min(default['clients.per-round'], nodes)} "
-            f"attack.num-malicious={malicious}")
+    return {"clients.num": nodes, "clients.per-round": min(default["clients.per-round"], nodes),
+            "attack.num-malicious": round(default["attack.num-malicious"] * nodes / default["clients.num"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,7 +295,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-config", default="", help="passed to flwr run (a TOML file or 'k=v ...')")
     parser.add_argument("--dir", type=Path, default=None, help="where certificates, keys and logs go")
     args = parser.parse_args(argv)
+    from fedsafe.cli import parse_overrides
+    from fedsafe.config import ConfigError, from_run_config
+    from fedsafe.sweep import to_toml
+
+    overrides = {**federation_size(args.nodes), **parse_overrides([args.run_config] if args.run_config else [])}
+    try:
+        from_run_config(overrides)  # a bad key fails here, before any process starts
+    except ConfigError as err:
+        print(f"deploy/local.py: config error: {err}", file=sys.stderr)
+        return 2
     root = args.dir or Path(tempfile.mkdtemp(prefix="fedsafe-local-"))
+    # One file: flwr 1.42 merges several --run-config strings table by table, so a later
+    # 'attack.data=...' would drop an earlier 'attack.num-malicious=...'.
+    config = root / "run-config.toml"
+    config.write_text(to_toml(overrides))
     print(f"local federation in {root}: {args.nodes} SuperNodes, "
           f"{'insecure' if args.insecure else 'TLS + SuperNode auth'}", flush=True)
     # Ctrl-C / SIGTERM: raise, so the finally below stops every process group.
@@ -305,11 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fed.start()
         fed.wait_online(args.nodes)
-        if args.run_config.endswith(".toml"):  # flwr takes a TOML file alone: it must set clients.num
-            configs = [args.run_config]
-        else:
-            configs = [federation_size(args.nodes)] + ([args.run_config] if args.run_config else [])
-        _, run_dir = fed.run(*configs, timeout=7 * 24 * 3600, echo=True)
+        _, run_dir = fed.run(config, timeout=7 * 24 * 3600, echo=True)
     finally:
         fed.stop()
     from fedsafe.check_run import problems, summary
