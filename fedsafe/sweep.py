@@ -170,25 +170,32 @@ def _stop_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def flwr_run(app: Path, cell_toml: Path, log: Path, env: dict, timeout: float, superlink: str | None) -> bool:
-    """One `flwr run`, output in `log`; False when it ran past `timeout` (the run is then
-    stopped on the SuperLink too, as far as its id was printed)."""
-    cmd = [_flwr(), "run", str(app), *([superlink] if superlink else []), "--stream", "--run-config", str(cell_toml)]
+def _run_logged(cmd: list[str], log: Path, env: dict, timeout: float) -> bool:
+    """Run `cmd` in its own process group, output in `log`; False (group stopped) past `timeout`."""
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             proc.wait(timeout=timeout)
             return True
         except subprocess.TimeoutExpired:
-            _stop_group(proc)
-            started = re.findall(r"Successfully started run (\d+)", log.read_text(errors="replace"))
-            if started:
-                subprocess.run([_flwr(), "stop", started[-1], *([superlink] if superlink else [])],
-                               env=env, stdout=f, stderr=subprocess.STDOUT, timeout=60, check=False)
             return False
         finally:
-            if proc.poll() is None:  # interrupted: leave no flwr run behind
+            if proc.poll() is None:  # timed out or interrupted: leave nothing behind
                 _stop_group(proc)
+
+
+def flwr_run(app: Path, cell_toml: Path, log: Path, env: dict, timeout: float, superlink: str | None) -> bool:
+    """One `flwr run`, output in `log`; False when it ran past `timeout` (the run is then
+    stopped on the SuperLink too, as far as its id was printed)."""
+    target = [superlink] if superlink else []
+    if _run_logged([_flwr(), "run", str(app), *target, "--stream", "--run-config", str(cell_toml)], log, env, timeout):
+        return True
+    started = re.findall(r"Successfully started run (\d+)", log.read_text(errors="replace"))
+    if started:
+        with open(log, "a") as f:
+            subprocess.run([_flwr(), "stop", started[-1], *target], env=env, stdout=f, stderr=subprocess.STDOUT,
+                           timeout=60, check=False)
+    return False
 
 
 def branch_run(source: Path, cell: Cell, cell_dir: Path, log: Path, env: dict, timeout: float) -> bool:
@@ -196,16 +203,7 @@ def branch_run(source: Path, cell: Cell, cell_dir: Path, log: Path, env: dict, t
     keys = {k: v for k, v in cell.overrides.items() if k.startswith(("posthoc.", "eval."))}
     spec = " ".join(f"{k}={_toml_value(v)}" for k, v in {**keys, "output-dir": str(cell_dir)}.items())
     cmd = [sys.executable, "-m", "fedsafe.cli", "posthoc", str(source), "--run-config", spec]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            proc.wait(timeout=timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-        finally:
-            if proc.poll() is None:
-                _stop_group(proc)
+    return _run_logged(cmd, log, env, timeout)
 
 
 def _record(cell: Cell, resolved: dict, status: str, seconds: float, run: Path | None, found: list[str]) -> dict:
