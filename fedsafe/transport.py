@@ -64,21 +64,21 @@ def _map_arrays(content: RecordDict, fn, done: dict) -> RecordDict:
     return out
 
 
-def pack(messages: Iterable[Message]) -> list[Message]:
-    """Packed in place: the grid sets each message's id on these very objects."""
+def _map_messages(messages: Iterable[Message], fn) -> list[Message]:
+    """In place: the grid sets each message's id on these very objects."""
     messages, done = list(messages), {}
     for msg in messages:
         if msg.has_content():
-            msg.content = _map_arrays(msg.content, pack_record, done)
+            msg.content = _map_arrays(msg.content, fn, done)
     return messages
+
+
+def pack(messages: Iterable[Message]) -> list[Message]:
+    return _map_messages(messages, pack_record)
 
 
 def unpack(messages: Iterable[Message]) -> list[Message]:
-    messages, done = list(messages), {}
-    for msg in messages:
-        if msg.has_content():
-            msg.content = _map_arrays(msg.content, unpack_record, done)
-    return messages
+    return _map_messages(messages, unpack_record)
 
 
 def packed_arrays(msg: Message, context, call_next) -> Message:
