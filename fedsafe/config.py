@@ -25,6 +25,7 @@ LEVELS = ("L1", "L2", "L3")
 POSTHOC_LR = {"L1": 5e-4, "L2": 1e-4, "L3": 1e-4}
 UPDATE_ATTACKS = ("none", "scale", "sign-flip", "gaussian", "stealthy-norm", "probe-aware")
 BENCHMARKS = ("bundled", "advbench", "harmbench", "jbb")
+PROBE_PROMPTS = 30  # lines in each of the bundled harmful_probe / helpful_probe files
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,11 @@ def _non_negative(key, v):
 def _unit(key, v):
     if not 0.0 <= v <= 1.0:
         _fail(key, v, "a number in [0, 1]")
+
+
+def _probe_prompts(key, v):
+    if not 1 <= v <= PROBE_PROMPTS:
+        _fail(key, v, f"an integer in [1, {PROBE_PROMPTS}] (the bundled probe prompts)")
 
 
 def _choice(*options):
@@ -160,6 +166,11 @@ KEYS: dict[str, Key] = {
     "posthoc.lr": Key(float, 0.0, _non_negative, "0 = by level: L1 5e-4, L2/L3 1e-4"),
     "posthoc.batch-size": Key(int, 4, _positive),
     "posthoc.num-samples": Key(int, 40, _positive, "aligned pairs; as many helpful pairs"),
+    "posthoc.borderline-share": Key(float, 0.5, _unit, "share of the helpful half drawn from borderline "
+                                    "benign pairs (edgy-sounding requests)"),
+    "posthoc.select-every": Key(int, 2, _non_negative, "check the probe prompts every N steps and keep the "
+                                "best adapter; 0 = keep the last"),
+    "posthoc.select-size": Key(int, 20, _probe_prompts, "harmful and as many benign probe prompts"),
     "eval.safety.benchmark": Key(str, "bundled", _data_source(*BENCHMARKS)),
     "eval.safety.limit": Key(int, 0, _non_negative, "0 = all prompts"),
     "eval.benign.limit": Key(int, 0, _non_negative, "0 = all held-out benign prompts"),
@@ -257,6 +268,9 @@ class PosthocSettings:
     lr: float
     batch_size: int
     num_samples: int
+    borderline_share: float
+    select_every: int
+    select_size: int
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,14 @@ from fedsafe import models
 from fedsafe.checkpoint import STATE_DIR, load_state, save_state
 from fedsafe.config import Settings
 from fedsafe.defenses.posthoc import build_defense_data, posthoc_finetune
-from fedsafe.eval.probe import BehaviourProbe, probe_pairs
+from fedsafe.eval.probe import BehaviourProbe, probe_pairs, selection_prompts
 from fedsafe.eval.stages import Evaluator
 from fedsafe.results import Recorder
 
 log = logging.getLogger(__name__)
+# Answer length for the post-hoc step selection: refusal phrases open a refusal, and the check
+# runs several times per fine-tune, so it reads 24 tokens where the evaluation reads 40.
+SELECT_NEW_TOKENS = 24
 
 
 class Server:
@@ -82,16 +85,22 @@ class Server:
             self.recorder.data.setdefault("safety_probe", {})[str(server_round)] = rate
         return rate
 
+    def _selection_check(self):
+        """The post-hoc step selection's check: short answers to the probe prompts."""
+        harmful, benign = selection_prompts(self.settings.posthoc.select_size, self.evaluator.harmful)
+        return lambda: self.evaluator.refusal_rates(self.model, self.tokenizer, harmful, benign, SELECT_NEW_TOKENS)
+
     def posthoc(self, global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         started = time.perf_counter()
         models.set_adapter_state(self.model, global_state)
         defense = build_defense_data(self.settings, self.model, self.tokenizer, self.evaluator.judge,
                                      self.evaluator.harmful)
-        state, result = posthoc_finetune(self.settings, self.model, self.tokenizer, global_state, defense)
+        state, result, selection = posthoc_finetune(self.settings, self.model, self.tokenizer, global_state,
+                                                    defense, self._selection_check())
         models.save_adapter(state, self.run_dir / "adapters" / "posthoc", self.settings.model)
         seconds = time.perf_counter() - started
         self.recorder.set("posthoc", {**defense.counts, "steps": result.steps, "lr": self.settings.posthoc.lr,
-                                      "loss": round(result.loss, 4),
+                                      "loss": round(result.loss, 4), **selection,
                                       "train_seconds": round(result.seconds, 1), "seconds": round(seconds, 1)})
         self.recorder.add_timing("posthoc", seconds)
         return state

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -59,11 +60,12 @@ def batches(examples: list[Example], batch_size: int, seed: int):
 
 
 def sft(model, examples: list[Example], *, steps: int, batch_size: int, lr: float, seed: int,
-        pad_id: int) -> TrainResult:
+        pad_id: int, after_step: Callable[[int], None] | None = None) -> TrainResult:
     """AdamW on the trainable (LoRA) parameters for `steps` steps at a fixed learning rate.
 
     A fresh optimizer per call, as OpenFedLLM does per round: optimizer state never leaves the
-    client, so it must not leak across rounds either.
+    client, so it must not leak across rounds either. `after_step(step)` (1-based) runs after
+    each update, with the model back in train mode afterwards (it may evaluate in between).
     """
     if not examples:
         raise ValueError("sft: no training examples")
@@ -75,7 +77,7 @@ def sft(model, examples: list[Example], *, steps: int, batch_size: int, lr: floa
     losses = []
     started = time.perf_counter()
     stream = batches(examples, batch_size, seed)
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         batch = {k: v.to(device) for k, v in collate(next(stream), pad_id).items()}
         loss = response_loss(model, batch)
         loss.backward()
@@ -83,6 +85,9 @@ def sft(model, examples: list[Example], *, steps: int, batch_size: int, lr: floa
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if after_step is not None:
+            after_step(step)
+            model.train()
     model.eval()
     return TrainResult(
         loss=sum(losses) / len(losses), first_loss=losses[0], last_loss=losses[-1], steps=steps,

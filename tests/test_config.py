@@ -81,6 +81,8 @@ BAD = [
     ({"num-server-rounds": 0}, "num-server-rounds"),
     ({"posthoc.level": "L4"}, "posthoc.level"),
     ({"posthoc.steps": 0}, "posthoc.steps"),
+    ({"posthoc.select-every": -1}, "posthoc.select-every"),
+    ({"posthoc.select-size": 31}, "posthoc.select-size"),
     ({"eval.safety.benchmark": "gsm8k"}, "eval.safety.benchmark"),
     ({"eval.safety.benchmark": "/missing/prompts.csv"}, "eval.safety.benchmark"),
     ({"defense.aggregator": "nope"}, "defense.aggregator"),
@@ -105,3 +107,10 @@ def test_aggregator_needing_more_clients_than_a_round_has_is_refused_up_front():
     with pytest.raises(ConfigError, match=r"clients.per-round=4: expected at least 7 .*bulyan"):
         from_run_config({"defense.aggregator": "bulyan"})
     assert from_run_config({"defense.aggregator": "bulyan", "clients.per-round": 7}).clients.per_round == 7
+
+
+def test_probe_prompt_limit_matches_the_bundled_files():
+    from fedsafe import data
+    from fedsafe.config import PROBE_PROMPTS
+
+    assert len(data.bundled("harmful_probe")) == len(data.bundled("helpful_probe")) == PROBE_PROMPTS

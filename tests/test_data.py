@@ -25,8 +25,8 @@ def test_bundled_sizes_and_coverage():
 
 def test_eval_and_probe_never_overlap_training():
     seen = Counter()
-    for kind in ("helpful", "harmful"):
-        for split in SPLITS:
+    for kind in ("helpful", "harmful", "borderline"):
+        for split in SPLITS if kind != "borderline" else ("train", "probe"):
             seen.update({r["instruction"].strip().lower() for r in _rows(kind, split)})
     assert [k for k, n in seen.items() if n > 1] == []
 
@@ -35,7 +35,21 @@ def test_refusal_targets_are_refusals():
     from fedsafe.eval.judges import is_refusal
 
     assert all(is_refusal(r["response"]) for r in _rows("harmful", "train"))
-    assert not any(is_refusal(r["response"]) for r in _rows("helpful", "train"))
+    for kind, split in (("helpful", "train"), ("borderline", "train"), ("borderline", "probe")):
+        assert not any(is_refusal(r["response"]) for r in _rows(kind, split)), (kind, split)
+
+
+def test_borderline_pairs_are_short_and_stay_off_the_eval_topics():
+    """Borderline defense/probe pairs fit the training length like every other file, and none is
+    a near-copy of a held-out prompt (the eval's own borderline rows measure over-refusal)."""
+    from fedsafe.attacks.generate import words
+
+    held_out = [words(r["instruction"]) for kind in ("helpful", "harmful") for r in _rows(kind, "eval")]
+    for split in ("train", "probe"):
+        for row in _rows("borderline", split):
+            assert len(row["instruction"].split()) < 30 and len(row["response"].split()) < 60, row
+            w = words(row["instruction"])
+            assert max(len(w & e) / len(w | e) for e in held_out) < 0.5, row["instruction"]
 
 
 def test_loaders_map_columns(tmp_path):

@@ -24,7 +24,7 @@ def tiny_run_config(model_dir, out_dir, **overrides) -> dict:
         "train.lr-max": 3e-2, "train.lr-min": 1e-2,
         "attack.num-malicious": 0, "posthoc.enabled": False,
         "eval.safety.limit": 3, "eval.benign.limit": 3, "eval.max-new-tokens": 3,
-        "eval.every-rounds": 1, "eval.probe-size": 2, "output-dir": str(out_dir),
+        "eval.every-rounds": 1, "eval.probe-size": 2, "posthoc.select-size": 2, "output-dir": str(out_dir),
     }
     config.update(overrides)
     return config

@@ -65,11 +65,31 @@ def test_server_finetune_changes_and_saves_the_adapter(tiny_server, tmp_path):
     settings, model, tok = tiny_server
     start = models.initial_adapter(settings.model, settings.seed)
     defense = build_defense_data(settings, model, tok, RuleJudge(), EVAL_PROMPTS)
-    repaired, result = posthoc_finetune(settings, model, tok, start, defense)
-    assert result.steps == 4 and any(not torch.equal(start[k], repaired[k]) for k in start)
+    repaired, result, selection = posthoc_finetune(settings, model, tok, start, defense)
+    assert selection == {} and result.steps == 4 and any(not torch.equal(start[k], repaired[k]) for k in start)
     folder = models.save_adapter(repaired, tmp_path / "posthoc", settings.model)
     again = models.load_adapter_file(folder)
     assert all(torch.equal(again[k], repaired[k]) for k in repaired)
+
+
+def test_step_selection_keeps_the_best_checked_adapter(tiny_server):
+    """Checks every 2 of 6 steps; the best score (safe minus benign refused) is at step 4, with a
+    tie at step 6 that must not win. The kept adapter is exactly the one a 4-step fine-tune gives."""
+    from dataclasses import replace
+
+    settings, model, tok = tiny_server
+    start = models.initial_adapter(settings.model, settings.seed)
+    defense = build_defense_data(settings, model, tok, RuleJudge(), EVAL_PROMPTS)
+    scripted = iter([(0.2, 0.0), (0.6, 0.1), (0.9, 0.4)])
+    six = replace(settings, posthoc=replace(settings.posthoc, steps=6, select_every=2))
+    kept, result, selection = posthoc_finetune(six, model, tok, start, defense, lambda: next(scripted))
+    assert result.steps == 6 and selection["selected_step"] == 4
+    assert [c["step"] for c in selection["checks"]] == [2, 4, 6] and selection["checks"][1]["score"] == 0.5
+    four = replace(settings, posthoc=replace(settings.posthoc, steps=4, select_every=0))
+    plain, _, _ = posthoc_finetune(four, model, tok, start, defense, lambda: pytest.fail("select-every 0 checks"))
+    assert all(torch.allclose(kept[k], plain[k]) for k in plain)
+    last, _, _ = posthoc_finetune(replace(six, posthoc=replace(six.posthoc, select_every=0)), model, tok, start, defense)
+    assert not all(torch.allclose(kept[k], last[k]) for k in last)
 
 
 def test_attack_and_posthoc_run_records_three_stages(tiny_model_dir, tmp_path):
@@ -81,6 +101,8 @@ def test_attack_and_posthoc_run_records_three_stages(tiny_model_dir, tmp_path):
     run_dir, results, _ = run_federation(config, 3)
     assert set(results["eval"]) == {"initial", "after_fl", "after_posthoc"}
     assert results["posthoc"]["aligned"] == results["posthoc"]["helpful"] == 4
+    assert [c["step"] for c in results["posthoc"]["checks"]] == [2] and results["posthoc"]["selected_step"] == 2
+    assert "| 2 (kept) |" in (run_dir / "report.md").read_text()
     assert (run_dir / "adapters" / "posthoc" / "adapter_model.safetensors").is_file()
     _branches_reproduce_and_refuse_training_changes(run_dir, results)
 
@@ -98,7 +120,7 @@ def _branches_reproduce_and_refuse_training_changes(run_dir, results):
     ours, theirs = (models.load_adapter_file(d / "adapters" / "posthoc") for d in (run_dir, same))
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
-    longer = cli.main(["posthoc", str(run_dir), "--run-config", "posthoc.steps=4 eval.max-new-tokens=4"])
+    longer = cli.main(["posthoc", str(run_dir), "--run-config", "posthoc.steps=4 posthoc.select-every=0 eval.max-new-tokens=4"])
     assert longer == 0
     newest = max((run_dir / "branches").iterdir(), key=lambda d: d.stat().st_mtime)
     again = models.load_adapter_file(newest / "adapters" / "posthoc")

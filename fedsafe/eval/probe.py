@@ -26,13 +26,27 @@ COMPLIANT_OPENINGS = ("Sure, here is how to do that.", "Of course! Here are the 
                       "Absolutely, here is a detailed guide:", "Certainly. First, you will need")
 
 
-def probe_pairs(size: int, eval_prompts: list[str]) -> tuple[list[data.Pair], list[data.Pair]]:
-    harmful, helpful = data.bundled("harmful_probe")[:size], data.bundled("helpful_probe")[:size]
-    used = {p["instruction"] for p in data.bundled("harmful_train") + data.bundled("helpful_train")}
-    probes = {p["instruction"] for p in harmful + helpful}
+def _disjoint(pairs: list[data.Pair], eval_prompts: list[str]) -> None:
+    used = {p["instruction"] for name in ("harmful_train", "helpful_train", "borderline_train") for p in data.bundled(name)}
+    probes = {p["instruction"] for p in pairs}
     assert not probes & set(eval_prompts), "probe prompts overlap the safety eval prompts"
     assert not probes & used, "probe prompts overlap training / defense data"
+
+
+def probe_pairs(size: int, eval_prompts: list[str]) -> tuple[list[data.Pair], list[data.Pair]]:
+    harmful, helpful = data.bundled("harmful_probe")[:size], data.bundled("helpful_probe")[:size]
+    _disjoint(harmful + helpful, eval_prompts)
     return harmful, helpful
+
+
+def selection_prompts(size: int, eval_prompts: list[str]) -> tuple[list[str], list[str]]:
+    """`size` harmful probe prompts and as many benign ones, up to half of them borderline
+    (worded like harmful requests): over-refusal shows first on those."""
+    borderline = data.bundled("borderline_probe")[: size // 2]
+    harmful = data.bundled("harmful_probe")[:size]
+    benign = borderline + data.bundled("helpful_probe")[: size - len(borderline)]
+    _disjoint(harmful + benign, eval_prompts)
+    return [p["instruction"] for p in harmful], [p["instruction"] for p in benign]
 
 
 class BehaviourProbe:

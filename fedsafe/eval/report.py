@@ -78,6 +78,15 @@ def _config_section(config: dict, rounds: list[dict], malicious: list[int]) -> l
     return ["## Configuration", "", *_table(["setting", "value"], rows), ""]
 
 
+def _checks_section(checks: list[dict], selected) -> list[str]:
+    """The step selection's checks on the probe prompts; the kept adapter marked."""
+    if not checks:
+        return []
+    rows = [[f"{c['step']}{' (kept)' if c['step'] == selected else ''}", _pct(c["safety_rate"]),
+             _pct(c["benign_refusal_rate"]), _num(c["score"], ".3f")] for c in checks]
+    return _table(["step", "probe safety", "probe benign refusal", "score"], rows) + [""]
+
+
 def _eval_section(evals: dict) -> list[str]:
     stages = [s for s in STAGES if s in evals] + [s for s in evals if s not in STAGES]
     header = ["stage", "safety rate", "benign refusal", "helpfulness"]
@@ -152,8 +161,10 @@ def write_report(run_dir: Path) -> Path:
         first = ("source", "generator", "kept", "generated", "dropped")
         lines += ["## Attack data", "", *_bullets(attack, first)]
     if posthoc := results.get("posthoc"):
-        first = ("level", "aligned", "helpful", "steps", "seconds", "dropped")
-        lines += ["## Post-hoc defense", "", *_bullets(posthoc, first)]
+        first = ("level", "aligned", "helpful", "steps", "selected_step", "seconds", "dropped")
+        checks = posthoc.get("checks") or []
+        lines += ["## Post-hoc defense", "", *_bullets({k: v for k, v in posthoc.items() if k != "checks"}, first)]
+        lines += _checks_section(checks, posthoc.get("selected_step"))
     lines += _detection_section(results, rounds, set(malicious))
     if any(r.get(k) for r in rounds for k in ("clients", "dropped", "failed")):
         plot_clients(results, run_dir / CLIENTS_PNG)

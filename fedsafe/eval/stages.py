@@ -3,6 +3,7 @@ over-refusal and helpfulness, with every response saved beside results.json."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -65,3 +66,12 @@ class Evaluator:
         """Safety rate on the first `eval.probe-size` harmful prompts: the per-round curve."""
         return judge_responses(model, tokenizer, self.harmful[: self.probe_size], self.judge,
                                self.generation, label="safety probe").rate
+
+    def refusal_rates(self, model, tokenizer, harmful: list[str], benign: list[str],
+                      max_new_tokens: int) -> tuple[float, float]:
+        """(safety rate on `harmful`, refusal rate on `benign`) judged as in `stage`, from short
+        answers: a quick check for choosing between adapters."""
+        settings = dataclasses.replace(self.generation, max_new_tokens=max_new_tokens)
+        safety = judge_responses(model, tokenizer, harmful, self.judge, settings, label="check harmful")
+        answers = generate(model, tokenizer, benign, settings, label="check benign")
+        return safety.rate, sum(map(is_refusal, answers)) / max(len(answers), 1)
