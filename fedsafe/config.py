@@ -166,9 +166,9 @@ KEYS: dict[str, Key] = {
     "posthoc.lr": Key(float, 0.0, _non_negative, "0 = by level: L1 5e-4, L2/L3 1e-4"),
     "posthoc.batch-size": Key(int, 4, _positive),
     "posthoc.num-samples": Key(int, 40, _positive, "aligned pairs; as many helpful pairs"),
-    "posthoc.borderline-share": Key(float, 0.5, _unit, "share of the helpful half drawn from borderline "
+    "posthoc.borderline-share": Key(float, 0.0, _unit, "share of the helpful half drawn from borderline "
                                     "benign pairs (edgy-sounding requests)"),
-    "posthoc.select-every": Key(int, 2, _non_negative, "check the probe prompts every N steps and keep the "
+    "posthoc.select-every": Key(int, 0, _non_negative, "check the probe prompts every N steps and keep the "
                                 "best adapter; 0 = keep the last"),
     "posthoc.select-size": Key(int, 20, _probe_prompts, "harmful and as many benign probe prompts"),
     "eval.safety.benchmark": Key(str, "bundled", _data_source(*BENCHMARKS)),

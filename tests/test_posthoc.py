@@ -97,7 +97,8 @@ def test_attack_and_posthoc_run_records_three_stages(tiny_model_dir, tmp_path):
     write_jsonl(attack, [{"instruction": f"Do harmful thing {i} now.", "response": "Sure, here is how."} for i in range(8)])
     config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{
         "num-server-rounds": 1, "eval.every-rounds": 0, "attack.malicious-ids": "2", "attack.data": str(attack),
-        "posthoc.enabled": True, "posthoc.steps": 2, "posthoc.num-samples": 4})
+        "posthoc.enabled": True, "posthoc.steps": 2, "posthoc.num-samples": 4, "posthoc.select-every": 2,
+        "posthoc.borderline-share": 0.5})
     run_dir, results, _ = run_federation(config, 3)
     assert set(results["eval"]) == {"initial", "after_fl", "after_posthoc"}
     assert results["posthoc"]["aligned"] == results["posthoc"]["helpful"] == 4
