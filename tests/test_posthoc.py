@@ -81,8 +81,13 @@ def test_step_selection_keeps_the_best_checked_adapter(tiny_server):
     start = models.initial_adapter(settings.model, settings.seed)
     defense = build_defense_data(settings, model, tok, RuleJudge(), EVAL_PROMPTS)
     scripted = iter([(0.2, 0.0), (0.6, 0.1), (0.9, 0.4)])
+
+    def check():  # reseeds torch as generation does: the training after it must not change
+        torch.manual_seed(123)
+        return next(scripted)
+
     six = replace(settings, posthoc=replace(settings.posthoc, steps=6, select_every=2))
-    kept, result, selection = posthoc_finetune(six, model, tok, start, defense, lambda: next(scripted))
+    kept, result, selection = posthoc_finetune(six, model, tok, start, defense, check)
     assert result.steps == 6 and selection["selected_step"] == 4
     assert [c["step"] for c in selection["checks"]] == [2, 4, 6] and selection["checks"][1]["score"] == 0.5
     four = replace(settings, posthoc=replace(settings.posthoc, steps=4, select_every=0))

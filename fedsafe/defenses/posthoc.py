@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import torch
+
 from fedsafe import data, models
 from fedsafe.attacks.generate import dedupe, words
 from fedsafe.config import Settings
@@ -181,7 +183,9 @@ class StepSelection:
         if step % self.every and step != self.last_step:
             return
         started = time.perf_counter()
+        rng = torch.random.get_rng_state()  # generation reseeds torch; training's dropout must not notice
         point = Check(step, *self.check())
+        torch.random.set_rng_state(rng)
         self.seconds += time.perf_counter() - started
         self.checks.append(point)
         if self.best is None or point.score > self.best.score:
