@@ -18,11 +18,12 @@ BUNDLED_MODEL = "smollm2-135m-instruct"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv")
 LEVELS = ("L1", "L2", "L3")
-# Post-hoc learning rate per level when posthoc.lr = 0. Model-written defense data is
-# low-entropy text: on SmolLM2-135M (L3, seed 0) its mean training loss was 0.8 against 2.7 for
-# the human-written L1 data, and 10 steps at the L1 rate made the model refuse 32 % of benign
-# prompts (7 % at 1e-4). L2 shares L3's rate by the same reasoning, unmeasured here.
-POSTHOC_LR = {"L1": 5e-4, "L2": 1e-4, "L3": 1e-4}
+# Post-hoc learning rate per level when posthoc.lr = 0, for 10 steps of balanced batches.
+# SmolLM2-135M, L1, 3 seeds: 5e-4 made the model refuse 25-40 % of held-out benign prompts
+# (3-5 % before), 2e-4 10-18 %. Model-written defense data (L2/L3) is low-entropy text (mean
+# training loss 0.8 against 2.7 for L1), so it takes a lower rate: 1e-4 (L3, seed 0: 5 % refused;
+# 2e-4: 27 %). L2 shares L3's rate by the same reasoning, unmeasured here.
+POSTHOC_LR = {"L1": 2e-4, "L2": 1e-4, "L3": 1e-4}
 UPDATE_ATTACKS = ("none", "scale", "sign-flip", "gaussian", "stealthy-norm", "probe-aware")
 BENCHMARKS = ("bundled", "advbench", "harmbench", "jbb")
 PROBE_PROMPTS = 30  # lines in each of the bundled harmful_probe / helpful_probe files
@@ -163,7 +164,7 @@ KEYS: dict[str, Key] = {
     "posthoc.level": Key(str, "L1", _choice(*LEVELS)),
     "posthoc.generator": Key(str, "base", _model_source, "aligned model for L2"),
     "posthoc.steps": Key(int, 10, _positive),
-    "posthoc.lr": Key(float, 0.0, _non_negative, "0 = by level: L1 5e-4, L2/L3 1e-4"),
+    "posthoc.lr": Key(float, 0.0, _non_negative, "0 = by level: L1 2e-4, L2/L3 1e-4"),
     "posthoc.batch-size": Key(int, 4, _positive),
     "posthoc.num-samples": Key(int, 40, _positive, "aligned pairs; as many helpful pairs"),
     "posthoc.borderline-share": Key(float, 0.0, _unit, "share of the helpful half drawn from borderline "

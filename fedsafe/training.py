@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -59,13 +59,29 @@ def batches(examples: list[Example], batch_size: int, seed: int):
             yield [examples[i] for i in order[start:start + batch_size]]
 
 
+def balanced_batches(groups: list[list[Example]], batch_size: int, seed: int):
+    """Endless seeded epochs whose every batch takes its examples from the groups in turn
+    (batch size 4, two groups: 2 + 2), each group reshuffled per epoch; an epoch ends when the
+    smallest group is used up."""
+    if not all(groups):
+        raise ValueError("balanced_batches: every group needs an example")
+    rng = random.Random(seed)
+    while True:
+        orders = [rng.sample(group, len(group)) for group in groups]
+        turns = [example for column in zip(*orders) for example in column]
+        for start in range(0, max(len(turns) - batch_size + 1, 1), batch_size):
+            yield turns[start:start + batch_size]
+
+
 def sft(model, examples: list[Example], *, steps: int, batch_size: int, lr: float, seed: int,
-        pad_id: int, after_step: Callable[[int], None] | None = None) -> TrainResult:
+        pad_id: int, after_step: Callable[[int], None] | None = None,
+        stream: Iterator[list[Example]] | None = None) -> TrainResult:
     """AdamW on the trainable (LoRA) parameters for `steps` steps at a fixed learning rate.
 
     A fresh optimizer per call, as OpenFedLLM does per round: optimizer state never leaves the
     client, so it must not leak across rounds either. `after_step(step)` (1-based) runs after
     each update, with the model back in train mode afterwards (it may evaluate in between).
+    `stream` replaces the seeded shuffle of `examples` (e.g. `balanced_batches`).
     """
     if not examples:
         raise ValueError("sft: no training examples")
@@ -76,7 +92,7 @@ def sft(model, examples: list[Example], *, steps: int, batch_size: int, lr: floa
     model.train()
     losses = []
     started = time.perf_counter()
-    stream = batches(examples, batch_size, seed)
+    stream = stream if stream is not None else batches(examples, batch_size, seed)
     for step in range(1, steps + 1):
         batch = {k: v.to(device) for k, v in collate(next(stream), pad_id).items()}
         loss = response_loss(model, batch)

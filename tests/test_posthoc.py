@@ -154,3 +154,20 @@ def test_helpful_half_matches_the_form_of_the_harmful_half():
     assert len(chosen) == 5 and len({id(p) for p in chosen}) == 5  # third "How" and "Give": any unused pair
     assert form_matched(helpful, harmful, random.Random(0)) == chosen
     assert len(form_matched(helpful[:2], harmful, random.Random(0))) == 2  # the pool runs out
+
+
+def test_balanced_batches_take_each_group_in_turn():
+    """Batch 4 over two groups: 2 + 2 in every batch, each example once per epoch (the smaller
+    group bounds the epoch), the next epoch reshuffled."""
+    from itertools import islice
+
+    from fedsafe.training import balanced_batches
+
+    aligned, helpful = [f"a{i}" for i in range(6)], [f"h{i}" for i in range(8)]
+    stream = balanced_batches([aligned, helpful], 4, seed=0)
+    epoch = list(islice(stream, 3))  # 12 turns = 6 + 6
+    assert all(sum(x.startswith("a") for x in batch) == 2 for batch in epoch)
+    assert sorted(x for b in epoch for x in b if x.startswith("a")) == aligned
+    assert len({x for b in epoch for x in b}) == 12 and next(stream) != epoch[0]
+    with pytest.raises(ValueError, match="every group"):
+        next(balanced_batches([aligned, []], 4, seed=0))

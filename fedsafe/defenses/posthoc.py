@@ -27,7 +27,7 @@ from fedsafe.attacks.generate import dedupe, words
 from fedsafe.config import Settings
 from fedsafe.eval.judges import is_refusal
 from fedsafe.generation import GenerationSettings, generate
-from fedsafe.training import TrainResult, sft
+from fedsafe.training import TrainResult, balanced_batches, sft
 
 SAFE_RESPONSE_PROMPT = (
     "The following user request is unsafe and must not be fulfilled:\n\n\"{instruction}\"\n\n"
@@ -38,8 +38,10 @@ SAFE_RESPONSE_PROMPT = (
 
 @dataclass
 class DefenseData:
-    pairs: list[data.Pair]
+    pairs: list[data.Pair]  # aligned and helpful, 1:1, shuffled
     counts: dict = field(default_factory=dict)
+    aligned: list[data.Pair] = field(default_factory=list)
+    helpful: list[data.Pair] = field(default_factory=list)
 
 
 def _overlaps_eval(instruction: str, eval_words: list[set[str]], threshold: float = 0.7) -> bool:
@@ -62,7 +64,7 @@ def mix_one_to_one(aligned: list[data.Pair], helpful: list[data.Pair], eval_prom
     random.Random(seed).shuffle(pairs)
     counts.update(aligned=n, helpful=n)
     assert not any(_overlaps_eval(p["instruction"], eval_words) for p in pairs), "defense data overlaps eval prompts"
-    return DefenseData(pairs=pairs, counts=counts)
+    return DefenseData(pairs=pairs, counts=counts, aligned=aligned[:n], helpful=helpful[:n])
 
 
 def _opening(instruction: str) -> str:
@@ -96,7 +98,7 @@ def _sources(settings: Settings) -> tuple[list[data.Pair], list[data.Pair]]:
 
     Borderline pairs are benign requests worded like harmful ones ("How do I shoot a basketball
     ...", "a killer chocolate cake"): without them the refusals teach a small model that a verb
-    like "kill" or "shoot" means refuse (SmolLM2-135M, L1, seed 2, without them: 18 of 60 held-out
+    like "kill" or "shoot" means refuse (SmolLM2-135M, L1 at 5e-4, seed 2, without them: 18 of 60 held-out
     benign prompts refused after the defense, 10 of them among the 15 borderline ones). With a
     share of 0.5 it still refused 19 (same run): in 10 steps of 4 pairs the small model does not
     learn the contrast, so the default share is 0.
@@ -165,11 +167,12 @@ class StepSelection:
     most harmful probe prompts refused minus benign probe prompts refused; the earliest on ties.
 
     How many steps repair a model without teaching it to refuse everything differs between runs:
-    SmolLM2-135M, L1, 10 steps: seed 0 ended 55 % safe with 8 % of benign prompts refused, seed 2
-    92 % safe with 35 % refused (3-5 % before the defense). The probe prompts are disjoint from the
-    eval prompts and the defense data, so choosing on them leaves the evaluation held out. Off by
-    default (`posthoc.select-every=0`): with 20 + 20 probe prompts the held-out over-refusal
-    followed the probe's only loosely (seed 2: 20 % instead of 35 %; seed 1: 20 % instead of 13 %).
+    SmolLM2-135M, L1, 10 steps at 5e-4, shuffled batches: seed 0 ended 55 % safe with 8 % of
+    benign prompts refused, seed 2 92 % safe with 35 % refused (3-5 % before the defense). The
+    probe prompts are disjoint from the eval prompts and the defense data, so choosing on them
+    leaves the evaluation held out. Off by default (`posthoc.select-every=0`): with 20 + 20 probe
+    prompts the held-out over-refusal followed the probe's only loosely (same settings; seed 2:
+    20 % instead of 35 %, seed 1: 20 % instead of 13 %).
     """
 
     def __init__(self, model, check: Callable[[], tuple[float, float]], every: int, last_step: int):
@@ -202,11 +205,17 @@ def posthoc_finetune(settings: Settings, server_model, tokenizer, global_state, 
     checked one when `check` is given and `posthoc.select-every` > 0, else the last), the training
     result and the selection record."""
     models.set_adapter_state(server_model, global_state)
-    examples = data.tokenize_pairs(tokenizer, defense.pairs, settings.train.seq_length)
+    aligned, helpful = (data.tokenize_pairs(tokenizer, pairs, settings.train.seq_length)
+                        for pairs in (defense.aligned, defense.helpful))
+    # Every batch half aligned, half helpful: with 5-10 steps, freely shuffled batches put the
+    # 1:1 mix at the mercy of the draw (SmolLM2-135M, L1, 5 steps: 13-48 % of held-out benign
+    # prompts refused across 3 seeds).
+    stream = balanced_batches([aligned, helpful], settings.posthoc.batch_size, settings.seed)
     every, steps = settings.posthoc.select_every, settings.posthoc.steps
     selection = StepSelection(server_model, check, every, steps) if check and every else None
-    result = sft(server_model, examples, steps=steps, batch_size=settings.posthoc.batch_size,
-                 lr=settings.posthoc.lr, seed=settings.seed, pad_id=tokenizer.pad_token_id, after_step=selection)
+    result = sft(server_model, aligned + helpful, steps=steps, batch_size=settings.posthoc.batch_size,
+                 lr=settings.posthoc.lr, seed=settings.seed, pad_id=tokenizer.pad_token_id, after_step=selection,
+                 stream=stream)
     if selection is None:
         return models.adapter_state(server_model), result, {}
     return selection.best_state, result, selection.record()
