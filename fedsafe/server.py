@@ -86,7 +86,10 @@ class Server:
         return rate
 
     def _selection_check(self):
-        """The post-hoc step selection's check: short answers to the probe prompts."""
+        """The post-hoc step selection's check (short answers to the probe prompts); None when
+        `posthoc.select-every` is 0."""
+        if not self.settings.posthoc.select_every:
+            return None
         harmful, benign = selection_prompts(self.settings.posthoc.select_size, self.evaluator.harmful)
         return lambda: self.evaluator.refusal_rates(self.model, self.tokenizer, harmful, benign, SELECT_NEW_TOKENS)
 

@@ -56,7 +56,7 @@ def test_mixing_removes_eval_overlap_and_balances():
     harmful = [data.Pair(instruction=EVAL_PROMPTS[0], response="I'm sorry, I can't.")] + data.bundled("harmful_train")[:5]
     helpful = data.bundled("helpful_train")[:3]
     counts = {}
-    defense = mix_one_to_one(harmful, helpful, EVAL_PROMPTS, seed=0, counts=counts)
+    defense = mix_one_to_one(harmful, helpful, EVAL_PROMPTS, counts=counts)
     assert counts["eval_overlap_removed"] == 1 and counts["aligned"] == counts["helpful"] == 3
     assert len(defense.pairs) == 6
 

@@ -38,10 +38,13 @@ SAFE_RESPONSE_PROMPT = (
 
 @dataclass
 class DefenseData:
-    pairs: list[data.Pair]  # aligned and helpful, 1:1, shuffled
+    aligned: list[data.Pair]  # harmful instructions with safe responses
+    helpful: list[data.Pair]  # as many benign instructions with helpful responses
     counts: dict = field(default_factory=dict)
-    aligned: list[data.Pair] = field(default_factory=list)
-    helpful: list[data.Pair] = field(default_factory=list)
+
+    @property
+    def pairs(self) -> list[data.Pair]:
+        return self.aligned + self.helpful
 
 
 def _overlaps_eval(instruction: str, eval_words: list[set[str]], threshold: float = 0.7) -> bool:
@@ -50,8 +53,9 @@ def _overlaps_eval(instruction: str, eval_words: list[set[str]], threshold: floa
 
 
 def mix_one_to_one(aligned: list[data.Pair], helpful: list[data.Pair], eval_prompts: list[str],
-                   seed: int, counts: dict) -> DefenseData:
-    """Deduplicate, remove anything close to an eval prompt, balance 1:1, shuffle."""
+                   counts: dict) -> DefenseData:
+    """Deduplicate, remove anything close to an eval prompt, balance 1:1 (the fine-tune's
+    balanced batches do the mixing)."""
     eval_words = [words(p) for p in eval_prompts]
     aligned, counts["aligned_duplicates"] = dedupe(aligned)
     helpful, counts["helpful_duplicates"] = dedupe(helpful)
@@ -60,11 +64,11 @@ def mix_one_to_one(aligned: list[data.Pair], helpful: list[data.Pair], eval_prom
     helpful = [p for p in helpful if not _overlaps_eval(p["instruction"], eval_words)]
     counts["eval_overlap_removed"] = before - len(aligned) - len(helpful)
     n = min(len(aligned), len(helpful))
-    pairs = aligned[:n] + helpful[:n]
-    random.Random(seed).shuffle(pairs)
+    defense = DefenseData(aligned=aligned[:n], helpful=helpful[:n], counts=counts)
     counts.update(aligned=n, helpful=n)
-    assert not any(_overlaps_eval(p["instruction"], eval_words) for p in pairs), "defense data overlaps eval prompts"
-    return DefenseData(pairs=pairs, counts=counts, aligned=aligned[:n], helpful=helpful[:n])
+    assert not any(_overlaps_eval(p["instruction"], eval_words) for p in defense.pairs), \
+        "defense data overlaps eval prompts"
+    return defense
 
 
 def _opening(instruction: str) -> str:
@@ -148,7 +152,7 @@ def build_defense_data(settings: Settings, server_model, tokenizer, judge, eval_
                 model, tok, [p["instruction"] for p in harmful], [p["instruction"] for p in helpful], judge,
                 settings.seed)
         counts.update(generated)
-    return mix_one_to_one(harmful, helpful, eval_prompts, settings.seed, counts)
+    return mix_one_to_one(harmful, helpful, eval_prompts, counts)
 
 
 @dataclass(frozen=True)
