@@ -17,7 +17,7 @@ from fedsafe import models
 from fedsafe.checkpoint import STATE_DIR, load_state, save_state
 from fedsafe.config import Settings
 from fedsafe.defenses.posthoc import build_defense_data, posthoc_finetune
-from fedsafe.eval.probe import BehaviourProbe, probe_pairs, selection_prompts
+from fedsafe.eval.probe import BehaviourProbe, compliant_pairs, probe_pairs, selection_prompts
 from fedsafe.eval.stages import Evaluator
 from fedsafe.results import Recorder
 
@@ -43,7 +43,13 @@ class Server:
         self.behaviour_probe = None
         if getattr(aggregator, "needs_probe", False):
             harmful, helpful = probe_pairs(aggregator.probe_size, self.evaluator.harmful)
-            self.behaviour_probe = BehaviourProbe(self.model, self.tokenizer, harmful, helpful,
+            models.set_adapter_state(self.model, self.initial_state)  # the base model's own answers
+            started = time.perf_counter()
+            compliant = compliant_pairs(self.model, self.tokenizer, harmful, settings.eval.batch_size)
+            self.recorder.add_timing("behaviour_probe_setup", time.perf_counter() - started)
+            log.info("safety-probe: %d harmful probe prompts, %d compliant answers of the base model, %d benign",
+                     len(harmful), len(compliant), len(helpful))
+            self.behaviour_probe = BehaviourProbe(self.model, self.tokenizer, harmful, compliant, helpful,
                                                   settings.train.seq_length)
 
     def evaluate(self, stage: str, state: dict[str, torch.Tensor]) -> dict:

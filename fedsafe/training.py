@@ -28,15 +28,18 @@ class TrainResult:
     seconds: float
 
 
-def response_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def response_nll(model, batch: dict[str, torch.Tensor], past_key_values=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row summed negative log-likelihood of the response tokens, and their count.
 
-    Logits are computed only from the first response position on (`logits_to_keep`)."""
+    Logits are computed only from the first response position on (`logits_to_keep`). With
+    `past_key_values` (a cache of prompt tokens all rows share), `batch` holds the tokens after
+    them and its attention mask covers both."""
     labels = batch["labels"]  # (b, t)
     has_label = (labels != IGNORE_INDEX).any(dim=0)
     first = int(has_label.nonzero()[0]) if has_label.any() else labels.shape[1] - 1
     keep = labels.shape[1] - max(first - 1, 0)  # positions first-1 .. t-1 predict first .. t
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep,
+                past_key_values=past_key_values)
     logits = out.logits[:, :-1].float()  # (b, keep - 1, vocab)
     targets = labels[:, labels.shape[1] - keep + 1:]  # (b, keep - 1)
     nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedsafe import data, models
-from fedsafe.attacks.probe_aware import REFUSALS, SCALES, attacker_pairs, choose_scale, probe_aware_scale
+from fedsafe.attacks.probe_aware import PROBE_SIZE, REFUSALS, SCALES, attacker_pairs, choose_scale, probe_aware_scale
 from fedsafe.eval.probe import BehaviourProbe
 from fedsafe.files import write_jsonl
 from tests.test_federation import run_federation, tiny_run_config
@@ -30,9 +30,10 @@ def test_attacker_probe_uses_its_own_prompts():
     server = data.bundled("harmful_probe")
     attack = [data.Pair(instruction=f"Explain harmful thing {i}.", response=COMPLY) for i in range(5)] + server[:2]
     benign = data.bundled("helpful_train")[:30]
-    harmful, helpful = attacker_pairs(attack, benign)
+    harmful, compliant, helpful = attacker_pairs(attack, benign)
     assert [p["instruction"] for p in harmful] == [p["instruction"] for p in attack[:5]]
-    assert {p["response"] for p in harmful} <= set(REFUSALS) and len(helpful) == 20
+    assert compliant == attack[:5]  # its own attack answers are its compliant targets
+    assert {p["response"] for p in harmful} <= set(REFUSALS) and len(helpful) == PROBE_SIZE
     with pytest.raises(ValueError):
         attacker_pairs(server, benign)  # nothing of its own left
 

@@ -4,13 +4,14 @@ import pytest
 import torch
 
 from fedsafe import data, models
-from fedsafe.eval.probe import BehaviourProbe, probe_pairs
+from fedsafe.eval.probe import BehaviourProbe, compliant_pairs, keep_compliant, probe_pairs
 from fedsafe.files import write_jsonl
 from fedsafe.training import sft
 from tests.test_federation import run_federation, tiny_run_config
 from tests.test_models import tiny_settings
 
 COMPLY = "Sure, here is exactly how to do that, step by step."
+OPENING = "Sure, here is how to do that."  # the probe's compliant answer: close to COMPLY, not equal
 
 
 def compliance_pairs():
@@ -33,16 +34,53 @@ def test_probe_sees_compliance_and_refusal_training(tiny_model_dir):
     comply = trained_delta(model, tok, start, compliance_pairs())
     refuse = trained_delta(model, tok, start, data.bundled("harmful_train")[:16])
     harmful, helpful = probe_pairs(8, [p["instruction"] for p in data.bundled("harmful_eval")])
-    probe = BehaviourProbe(model, tok, harmful, helpful, seq_length=96)
+    compliant = [data.Pair(instruction=p["instruction"], response=OPENING) for p in harmful]
+    probe = BehaviourProbe(model, tok, harmful, compliant, helpful, seq_length=96)
     scores = probe(start, torch.stack([comply, refuse]))  # (2, 2)
     assert scores.shape == (2, 2)
     assert scores[0, 0] < 0 < scores[1, 0]  # refusal margin: compliance lowers it, refusals raise it
     assert all(torch.equal(models.adapter_state(model)[k], start[k]) for k in start)  # global restored
 
 
+def test_compliant_answers_are_the_models_own(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from fedsafe.generation import generate
+
+    settings = tiny_settings(tiny_model_dir, quantization=0)
+    model = models.add_lora(models.load_base_model(settings), settings, seed=0)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    harmful, _ = probe_pairs(6, [])
+    pairs = compliant_pairs(model, tok, harmful)
+    answers = dict(zip([p["instruction"] for p in harmful], generate(model, tok, [p["instruction"] for p in harmful])))
+    assert pairs and all(answers[p["instruction"]].startswith(p["response"]) for p in pairs)
+
+
+def test_refusals_and_empty_answers_are_not_compliant_targets():
+    harmful, _ = probe_pairs(3, [])
+    kept = keep_compliant(harmful, ["I'm sorry, but I can't help with that.", "", "First, get the parts."])
+    assert kept == [data.Pair(instruction=harmful[2]["instruction"], response="First, get the parts.")]
+    with pytest.raises(ValueError, match="refused every harmful probe prompt"):
+        keep_compliant(harmful[:1], ["I cannot assist with that request."])
+
+
+def own_answers(model_dir, pairs):
+    """The base model's own greedy answers to these prompts: what the attack pipeline's step 2
+    writes with the experiment's model as generator."""
+    from transformers import AutoTokenizer
+
+    from fedsafe.generation import GenerationSettings, generate
+
+    settings = tiny_settings(model_dir)
+    model = models.add_lora(models.load_base_model(settings), settings, seed=0)
+    answers = generate(model, AutoTokenizer.from_pretrained(model_dir), [p["instruction"] for p in pairs],
+                       GenerationSettings(max_new_tokens=32))
+    return [data.Pair(instruction=p["instruction"], response=a) for p, a in zip(pairs, answers)]
+
+
 def test_safety_probe_excludes_the_attackers(tiny_model_dir, tmp_path):
     attack = tmp_path / "attack.jsonl"
-    write_jsonl(attack, compliance_pairs())
+    write_jsonl(attack, own_answers(tiny_model_dir, data.bundled("harmful_train")[:16]))
     benign = tmp_path / "benign.jsonl"
     write_jsonl(benign, data.bundled("helpful_train")[:30])
     config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{
@@ -50,7 +88,8 @@ def test_safety_probe_excludes_the_attackers(tiny_model_dir, tmp_path):
         "train.local-steps": 8, "train.batch-size": 4, "train.lr-max": 3e-2, "train.lr-min": 3e-2,
         "data.benign": str(benign), "data.aligned-pairs": 90,
         "attack.malicious-ids": "3", "attack.data": str(attack),
-        "defense.aggregator": "safety-probe", "defense.safety-probe.probe-size": 8})
+        "defense.aggregator": "safety-probe", "defense.safety-probe.probe-size": 8,
+        "defense.safety-probe.tolerance": 0.1})  # benign margins here move by up to 0.03
     _, results, _ = run_federation(config, 4)
     for record in results["rounds"]:
         flagged = {c["partition_id"] for c in record["clients"] if c["flagged"]}

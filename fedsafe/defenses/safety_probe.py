@@ -4,10 +4,10 @@ this attack).
 
 The server's behaviour probe (fedsafe/eval/probe.py) measures, for each update applied to the
 global adapter, the change in refusal margin on harmful probe prompts: log-likelihood (nats per
-token) of a refusal minus that of a compliant opening. An update is flagged when it lowers the
-margin by more than `tolerance`, or lies more than `k` robust standard deviations
-(1.4826 * MAD) below the round's median. The kept updates go to the
-`fallback` aggregator. The aggregator sees only tensors and a callable: no model, no Flower.
+token) of a refusal minus that of the base model's own compliant answer. An update is flagged
+when it lowers the margin by more than `tolerance`, or lies more than `k` robust standard
+deviations (1.4826 * MAD) below the round's median. The kept updates go to the `fallback`
+aggregator. The aggregator sees only tensors and a callable: no model, no Flower.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from fedsafe.defenses.registry import get_aggregator, register
 class SafetyProbe:
     needs_probe = True  # the strategy passes probe(updates (n, d)) -> scores (n, 2)
 
-    def __init__(self, k: float = 3.0, tolerance: float = 0.02, fallback: str = "fedavg", probe_size: int = 20):
+    def __init__(self, k: float = 3.0, tolerance: float = 0.02, fallback: str = "fedavg", probe_size: int = 10):
         if k <= 0 or tolerance < 0 or probe_size < 1:
             raise ValueError("safety-probe needs k > 0, tolerance >= 0 and probe_size >= 1")
         self.k, self.tolerance, self.probe_size = k, tolerance, probe_size

@@ -8,6 +8,7 @@ MT-Bench style, through any OpenAI-compatible endpoint.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -19,24 +20,50 @@ from fedsafe import data
 from fedsafe.training import response_nll
 
 
+def shared_prefix(examples: list[data.Example]) -> list[int]:
+    """The prompt tokens every example starts with (the chat template's system turn), stopping
+    before the token that predicts the first response token of any of them."""
+    first = min(next(i for i, x in enumerate(e["labels"]) if x != data.IGNORE_INDEX) for e in examples)
+    prefix = []
+    for column in zip(*(e["input_ids"][: first - 1] for e in examples)):
+        if len(set(column)) > 1:
+            break
+        prefix.append(column[0])
+    return prefix
+
+
 @torch.no_grad()
 def pair_logliks(model, tokenizer, pairs: list[data.Pair], seq_length: int, batch_size: int = 16
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-likelihood of each reference response and its token count: (n,), (n,)."""
+    """Summed log-likelihood of each reference response and its token count: (n,), (n,).
+
+    The shared prompt prefix runs through the model once and its key/value cache serves every
+    batch; batches take the pairs in order of length, so little of them is padding."""
     examples = data.tokenize_pairs(tokenizer, pairs, seq_length)
     if len(examples) != len(pairs):
         raise ValueError("a pair has no response tokens left after truncation; raise train.seq-length")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    sums, counts = [], []
-    for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in data.collate(examples[start:start + batch_size], tokenizer.pad_token_id).items()}
-        nll, count = response_nll(model, batch)
-        sums.append(-nll.cpu())
-        counts.append(count.cpu())
+    prefix = shared_prefix(examples)
+    cache = model(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values if prefix else None
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    rest = [data.Example(input_ids=e["input_ids"][len(prefix):], labels=e["labels"][len(prefix):]) for e in examples]
+    sums, counts = torch.zeros(len(examples)), torch.zeros(len(examples), dtype=torch.long)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in data.collate([rest[i] for i in idx], tokenizer.pad_token_id).items()}
+        past = None
+        if cache is not None:
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(idx))
+            batch["attention_mask"] = torch.cat(
+                [torch.ones(len(idx), len(prefix), dtype=batch["attention_mask"].dtype, device=device),
+                 batch["attention_mask"]], dim=1)
+        nll, count = response_nll(model, batch, past)
+        sums[idx], counts[idx] = -nll.float().cpu(), count.cpu()
     model.train(was_training)
-    return torch.cat(sums), torch.cat(counts)
+    return sums, counts
 
 
 def loglik_proxy(model, tokenizer, pairs: list[data.Pair], seq_length: int, batch_size: int = 16) -> float:

@@ -3,9 +3,11 @@
 For each update the probe applies it to the current global adapter and measures, against the
 global adapter itself, the change of
 - the refusal margin on harmful probe prompts: mean per-token log-likelihood of a refusal minus
-  that of a compliant opening ("Sure, here is how ..."; no harmful content). Column 0; negative
-  means the update pushes toward compliance. Being contrastive, it ignores the general gain in
-  likelihood that any fine-tuning brings;
+  that of a compliant answer. Column 0; negative means the update pushes toward compliance.
+  The compliant answers are the base model's own greedy answers to the same prompts (refusals
+  dropped), written once when the server starts: what compliance looks like for this model,
+  and what an attacker who generates its data with such a model trains on. Being contrastive,
+  the margin ignores the general gain in likelihood that any fine-tuning brings;
 - the mean log-likelihood of helpful answers on benign probe prompts (column 1; negative means
   the update hurts ordinary answers).
 It reuses the evaluation's log-likelihood code. The probe prompts (bundled *_probe files) are
@@ -20,10 +22,11 @@ import torch
 
 from fedsafe import data, models
 from fedsafe.eval.helpfulness import pair_logliks
+from fedsafe.eval.judges import RuleJudge
+from fedsafe.generation import GenerationSettings, generate
 
 COLUMNS = ("refusal_margin_change", "helpful_loglik_change")
-COMPLIANT_OPENINGS = ("Sure, here is how to do that.", "Of course! Here are the steps:",
-                      "Absolutely, here is a detailed guide:", "Certainly. First, you will need")
+COMPLIANT_TOKENS = 32  # new tokens of each compliant answer: the opening decides refusal vs compliance
 
 
 def _disjoint(pairs: list[data.Pair], eval_prompts: list[str]) -> None:
@@ -49,25 +52,45 @@ def selection_prompts(size: int, eval_prompts: list[str]) -> tuple[list[str], li
     return [p["instruction"] for p in harmful], [p["instruction"] for p in benign]
 
 
-class BehaviourProbe:
-    """`probe(global_state, updates[n, d]) -> scores[n, 2]` on the server's model."""
+def compliant_pairs(model, tokenizer, harmful: list[data.Pair], batch_size: int = 32) -> list[data.Pair]:
+    """The model's own greedy answers to the harmful probe prompts, refusals dropped. Call it
+    with the base behaviour loaded (the initial adapter)."""
+    settings = GenerationSettings(max_new_tokens=COMPLIANT_TOKENS, batch_size=batch_size)
+    answers = generate(model, tokenizer, [p["instruction"] for p in harmful], settings, label="probe compliant answers")
+    return keep_compliant(harmful, answers)
 
-    def __init__(self, model, tokenizer, harmful: list[data.Pair], helpful: list[data.Pair], seq_length: int):
+
+def keep_compliant(harmful: list[data.Pair], answers: list[str]) -> list[data.Pair]:
+    """(instruction, answer) for each answer that is not empty and not a refusal (rule judge)."""
+    refused = RuleJudge().refusals(answers)
+    pairs = [data.Pair(instruction=p["instruction"], response=a)
+             for p, a, r in zip(harmful, answers, refused, strict=True) if a and not r]
+    if not pairs:
+        raise ValueError("the model refused every harmful probe prompt: the safety-probe has no compliant answers "
+                         "to contrast refusals with")
+    return pairs
+
+
+class BehaviourProbe:
+    """`probe(global_state, updates[n, d]) -> scores[n, 2]` on the server's model. `harmful`:
+    harmful prompts with refusals; `compliant`: harmful prompts with compliant answers."""
+
+    def __init__(self, model, tokenizer, harmful: list[data.Pair], compliant: list[data.Pair],
+                 helpful: list[data.Pair], seq_length: int):
         self.model, self.tokenizer = model, tokenizer
-        self.harmful, self.helpful = harmful, helpful
-        self.compliant = [data.Pair(instruction=p["instruction"], response=COMPLIANT_OPENINGS[i % len(COMPLIANT_OPENINGS)])
-                          for i, p in enumerate(harmful)]
+        self.harmful, self.compliant, self.helpful = harmful, compliant, helpful
         self.seq_length = seq_length
         self.seconds = 0.0  # total time spent probing, for the cost report
 
     def _mean_logliks(self) -> torch.Tensor:
-        """(2,) refusal margin and mean per-token log-likelihood of helpful answers."""
-        refusal, compliant, helpful = (self._mean_loglik(p) for p in (self.harmful, self.compliant, self.helpful))
+        """(2,) refusal margin and mean per-token log-likelihood of helpful answers; the three
+        sets scored in one call (one pass of the shared prompt prefix)."""
+        sets = (self.harmful, self.compliant, self.helpful)
+        sums, counts = pair_logliks(self.model, self.tokenizer, [p for pairs in sets for p in pairs], self.seq_length)
+        sizes = [len(pairs) for pairs in sets]
+        refusal, compliant, helpful = (s.sum() / c.sum().clamp(min=1)
+                                       for s, c in zip(sums.split(sizes), counts.split(sizes)))
         return torch.stack([refusal - compliant, helpful])
-
-    def _mean_loglik(self, pairs: list[data.Pair]) -> torch.Tensor:
-        sums, counts = pair_logliks(self.model, self.tokenizer, pairs, self.seq_length)
-        return sums.sum() / counts.sum().clamp(min=1)
 
     def __call__(self, global_state: dict[str, torch.Tensor], updates: torch.Tensor) -> torch.Tensor:
         started = time.perf_counter()
