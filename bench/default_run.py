@@ -116,16 +116,19 @@ def breakdown(run_dir: Path, marks: dict) -> tuple[list[list], dict]:
     rounds = [r["seconds"] for r in results.get("rounds", []) if isinstance(r.get("seconds"), int | float)]
     attack = attack_seconds(results, run_dir)
     total = t.get("total")
-    timed = sum(t.get(k, 0.0) for k in ("model_load", "rounds", "eval", "posthoc")) + attack
+    timed = sum(t.get(k, 0.0) for k in ("model_load", "behaviour_probe_setup", "rounds", "eval", "posthoc")) + attack
     report_s = marks.get("report_s", report_estimate(run_dir))
     later = sum(rounds[1:]) / max(len(rounds) - 1, 1)
     rows = [
         ["start-up", marks.get("startup_s"), "flwr run -> run directory line: CLI, FAB, SuperLink, imports"],
         ["model_load", t.get("model_load"), "server's base model + LoRA"],
         ["attack data", attack, "generated before round 1 (0: read from the cache)"],
+        *[["probe setup", t["behaviour_probe_setup"], "safety-probe: the base model's compliant answers"]
+          for _ in [0] if "behaviour_probe_setup" in t],
         ["rounds", t.get("rounds"),
          f"{len(rounds)} rounds: round 1 {rounds[0]:.3g} s, later {later:.3g} s each" if rounds else ""],
-        *[[f"  of which {k}", t[k], "inside rounds"] for k in ("behaviour_probe", "safety_probe") if k in t],
+        *[[f"  of which {k}", t[k], f"inside rounds: {t[k] / t['rounds']:.1%} of their wall time"]
+          for k in ("behaviour_probe", "safety_probe") if k in t and t.get("rounds")],
         ["eval", t.get("eval"), "all stages"],
         *[[f"  eval {stage}", m.get("seconds"), ""] for stage, m in results.get("eval", {}).items()],
         ["posthoc", t.get("posthoc"), "defense data + fine-tuning" if "posthoc" in t else "off"],
@@ -136,6 +139,7 @@ def breakdown(run_dir: Path, marks: dict) -> tuple[list[list], dict]:
         ["wall", marks.get("wall_s"), "flwr run start -> exit"],
     ]
     figures = {"run_dir": str(run_dir), "timings": t, "attack_data_s": attack, "rounds_s": rounds,
+               "behaviour_probe_share": t["behaviour_probe"] / t["rounds"] if t.get("behaviour_probe") and t.get("rounds") else None,
                "startup_s": marks.get("startup_s"), "report_s": report_s, "shutdown_s": marks.get("shutdown_s"),
                "wall_s": marks.get("wall_s"), "total_s": total}
     return rows, figures
