@@ -120,7 +120,7 @@ def _absolute_or_empty(key, v):
 
 # Run-config keys: (type, default, check). Kebab-case, dotted by section.
 KEYS: dict[str, Key] = {
-    "num-server-rounds": Key(int, 5, _positive, "federated rounds"),
+    "num-server-rounds": Key(int, 7, _positive, "federated rounds"),
     "seed": Key(int, 0, _non_negative, "seeds sampling, init, data order, generation"),
     "output-dir": Key(str, "", _absolute_or_empty, "runs go here; empty: ~/.fedsafe/runs"),
     "resume-from": Key(str, "", None, "a run directory to continue"),
