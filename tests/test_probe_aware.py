@@ -33,7 +33,7 @@ def test_attacker_probe_uses_its_own_prompts():
     harmful, compliant, helpful = attacker_pairs(attack, benign)
     assert [p["instruction"] for p in harmful] == [p["instruction"] for p in attack[:5]]
     assert compliant == attack[:5]  # its own attack answers are its compliant targets
-    assert {p["response"] for p in harmful} <= set(REFUSALS) and len(helpful) == PROBE_SIZE
+    assert {p["response"] for p in harmful} <= set(REFUSALS) and len(helpful) == PROBE_SIZE // 2
     with pytest.raises(ValueError):
         attacker_pairs(server, benign)  # nothing of its own left
 

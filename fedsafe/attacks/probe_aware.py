@@ -38,7 +38,7 @@ def attacker_pairs(attack: list[data.Pair], benign: list[data.Pair],
     compliant = [p for p in attack if p["instruction"] not in server][:size]
     harmful = [data.Pair(instruction=p["instruction"], response=REFUSALS[i % len(REFUSALS)])
                for i, p in enumerate(compliant)]
-    helpful = [p for p in benign if p["instruction"] not in server][:size]
+    helpful = [p for p in benign if p["instruction"] not in server][:max(1, size // 2)]  # as the server's
     if not harmful or not helpful:
         raise ValueError("attack.update='probe-aware' needs attack instructions and benign pairs of its own")
     return harmful, compliant, helpful

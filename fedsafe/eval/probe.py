@@ -26,7 +26,7 @@ from fedsafe.eval.judges import RuleJudge
 from fedsafe.generation import GenerationSettings, generate
 
 COLUMNS = ("refusal_margin_change", "helpful_loglik_change")
-COMPLIANT_TOKENS = 32  # new tokens of each compliant answer: the opening decides refusal vs compliance
+COMPLIANT_TOKENS = 24  # new tokens of each compliant answer: the opening decides refusal vs compliance
 
 
 def _disjoint(pairs: list[data.Pair], eval_prompts: list[str]) -> None:
@@ -37,7 +37,9 @@ def _disjoint(pairs: list[data.Pair], eval_prompts: list[str]) -> None:
 
 
 def probe_pairs(size: int, eval_prompts: list[str]) -> tuple[list[data.Pair], list[data.Pair]]:
-    harmful, helpful = data.bundled("harmful_probe")[:size], data.bundled("helpful_probe")[:size]
+    """`size` harmful pairs (refusal targets) and half as many helpful ones: the refusal margin
+    decides, the helpful column is for the reader, and every pair is scored n + 1 times a round."""
+    harmful, helpful = data.bundled("harmful_probe")[:size], data.bundled("helpful_probe")[:max(1, size // 2)]
     _disjoint(harmful + helpful, eval_prompts)
     return harmful, helpful
 
