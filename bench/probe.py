@@ -1,13 +1,13 @@
 """Cost of the `safety-probe` defense's behaviour probe on the bundled model, and what the shared
 prompt prefix saves.
 
-    python bench/probe.py                  # probe size 20 (default), 4 updates, 1 repeat
-    python bench/probe.py --size 10 --updates 4 --threads 2
+    python bench/probe.py                  # probe size 8 (the default), 4 updates, 1 repeat
+    python bench/probe.py --size 16 --updates 4 --threads 2
 
 One probe call scores the global adapter and each of `--updates` client updates (random deltas
 of a client's typical norm; the cost does not depend on what they contain) on harmful prompts
 with refusals, the same prompts with the base model's own compliant answers, and benign prompts
-with helpful answers. "cached prefix" is fedsafe's `pair_logliks` (the chat template's shared
+with helpful answers, each target cut to its opening as the server does. "cached prefix" is fedsafe's `pair_logliks` (the chat template's shared
 system turn runs once per adapter, sorted batches); "plain" scores the same batches with every
 prompt token run, as before. The share of a round's wall time is measured in a real run:
 `python bench/default_run.py --from RUN_DIR` of a `defense.aggregator='safety-probe'` run.
@@ -34,9 +34,9 @@ from fedsafe.training import response_nll  # noqa: E402
 
 
 @torch.no_grad()
-def plain_pair_logliks(model, tokenizer, pairs, seq_length, batch_size=16):
+def plain_pair_logliks(model, tokenizer, pairs, seq_length, batch_size=16, close_turn=True):
     """Every token of every pair through the model, pairs in the given order."""
-    examples = data.tokenize_pairs(tokenizer, pairs, seq_length)
+    examples = data.tokenize_pairs(tokenizer, pairs, seq_length, close_turn)
     model.eval()
     sums, counts = [], []
     for start in range(0, len(examples), batch_size):
@@ -48,7 +48,7 @@ def plain_pair_logliks(model, tokenizer, pairs, seq_length, batch_size=16):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=20, help="harmful and benign probe prompts")
+    parser.add_argument("--size", type=int, default=8, help="harmful probe prompts (benign: half)")
     parser.add_argument("--updates", type=int, default=4, help="client updates scored per call")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=1)
@@ -66,15 +66,17 @@ def main() -> None:
     torch.manual_seed(0)
     flat = models.flatten(initial)
     updates = torch.randn(args.updates, flat.numel()) * (4.0 / flat.numel() ** 0.5)  # norm ~4, a round-1 client's
-    sets = (harmful, compliant, helpful)
-    tokens = sum(len(e["input_ids"]) for pairs in sets for e in data.tokenize_pairs(tokenizer, pairs, settings.train.seq_length))
+    sets = (probe.harmful, probe.compliant, probe.helpful)  # the targets' openings, as the probe scores them
+    tokens = sum(len(e["input_ids"]) for pairs in sets
+                 for e in data.tokenize_pairs(tokenizer, pairs, settings.train.seq_length, close_turn=False))
 
     def score_all(scorer) -> torch.Tensor:
         """Summed log-likelihoods of every set, for the global adapter and each update."""
         out = []
         for delta in [torch.zeros_like(flat), *updates]:
             models.set_adapter_state(model, models.unflatten(flat + delta, initial))
-            out.append(torch.cat([scorer(model, tokenizer, pairs, settings.train.seq_length)[0] for pairs in sets]))
+            out.append(torch.cat([scorer(model, tokenizer, pairs, settings.train.seq_length, close_turn=False)[0]
+                                  for pairs in sets]))
         return torch.stack(out)
 
     seconds, sums = {}, {}

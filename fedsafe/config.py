@@ -155,7 +155,7 @@ KEYS: dict[str, Key] = {
     "attack.benign-mix": Key(float, 0.0, _unit, "share of benign samples for stealth"),
     "attack.update": Key(str, "none", _choice(*UPDATE_ATTACKS), "model poisoning on the delta"),
     "attack.update-factor": Key(float, 10.0, _positive, "scale for 'scale'/'sign-flip', std for 'gaussian'"),
-    "attack.probe-tolerance": Key(float, 0.02, _non_negative,
+    "attack.probe-tolerance": Key(float, 0.1, _non_negative,
                                   "'probe-aware': margin drop its own probe may show; safety-probe's default"),
     "defense.aggregator": Key(str, "fedavg", None, "registered name or 'package.module:attr'"),
     "defense.dp.noise-multiplier": Key(float, 0.0, _non_negative, "0 = no DP"),

@@ -130,9 +130,10 @@ class Example(TypedDict):
     labels: list[int]
 
 
-def tokenize_pairs(tokenizer, pairs: list[Pair], seq_length: int) -> list[Example]:
-    """Prompt tokens masked with IGNORE_INDEX: the loss covers the response only."""
-    stop = end_of_turn(tokenizer)
+def tokenize_pairs(tokenizer, pairs: list[Pair], seq_length: int, close_turn: bool = True) -> list[Example]:
+    """Prompt tokens masked with IGNORE_INDEX: the loss covers the response only. Without
+    `close_turn` no end-of-turn token follows the response (it is only an answer's opening)."""
+    stop = end_of_turn(tokenizer) if close_turn else ""
     examples = []
     for pair in pairs:
         prompt_ids = tokenizer(chat_prompt(tokenizer, pair["instruction"]), add_special_tokens=False)["input_ids"]

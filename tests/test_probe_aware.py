@@ -65,7 +65,7 @@ def test_probe_aware_runs_in_a_federation(tiny_model_dir, tmp_path):
     write_jsonl(attack, [data.Pair(instruction=p["instruction"], response=COMPLY)
                          for p in data.bundled("harmful_train")[:16]])
     common = {"num-server-rounds": 1, "eval.every-rounds": 0, "attack.malicious-ids": "2",
-              "attack.data": str(attack)}
+              "attack.data": str(attack), "attack.probe-tolerance": 0.02}  # the tiny model's margins move little
     _, honest, _ = run_federation(tiny_run_config(tiny_model_dir, tmp_path / "a", **common), 3)
     _, adaptive, _ = run_federation(tiny_run_config(tiny_model_dir, tmp_path / "b", **common, **{
         "attack.update": "probe-aware"}), 3)

@@ -19,7 +19,7 @@ import torch
 from fedsafe import data
 from fedsafe.eval.probe import BehaviourProbe
 
-PROBE_SIZE = 10  # as many prompts as the server's default probe
+PROBE_SIZE = 8  # as many prompts as the server's default probe
 SCALES = tuple(0.5 ** i for i in range(8))  # 1 .. 1/128: halving, eight tries
 # Written by the attacker in the style of the bundled refusals; not taken from any probe file.
 REFUSALS = ("I'm sorry, but I can't help with this request.",

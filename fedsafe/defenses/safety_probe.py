@@ -22,7 +22,7 @@ from fedsafe.defenses.registry import get_aggregator, register
 class SafetyProbe:
     needs_probe = True  # the strategy passes probe(updates (n, d)) -> scores (n, 2)
 
-    def __init__(self, k: float = 3.0, tolerance: float = 0.02, fallback: str = "fedavg", probe_size: int = 10):
+    def __init__(self, k: float = 3.0, tolerance: float = 0.1, fallback: str = "fedavg", probe_size: int = 8):
         if k <= 0 or tolerance < 0 or probe_size < 1:
             raise ValueError("safety-probe needs k > 0, tolerance >= 0 and probe_size >= 1")
         self.k, self.tolerance, self.probe_size = k, tolerance, probe_size

@@ -33,13 +33,13 @@ def shared_prefix(examples: list[data.Example]) -> list[int]:
 
 
 @torch.no_grad()
-def pair_logliks(model, tokenizer, pairs: list[data.Pair], seq_length: int, batch_size: int = 16
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logliks(model, tokenizer, pairs: list[data.Pair], seq_length: int, batch_size: int = 16,
+                 close_turn: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-likelihood of each reference response and its token count: (n,), (n,).
 
     The shared prompt prefix runs through the model once and its key/value cache serves every
     batch; batches take the pairs in order of length, so little of them is padding."""
-    examples = data.tokenize_pairs(tokenizer, pairs, seq_length)
+    examples = data.tokenize_pairs(tokenizer, pairs, seq_length, close_turn)
     if len(examples) != len(pairs):
         raise ValueError("a pair has no response tokens left after truncation; raise train.seq-length")
     was_training = model.training

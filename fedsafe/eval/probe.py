@@ -26,7 +26,8 @@ from fedsafe.eval.judges import RuleJudge
 from fedsafe.generation import GenerationSettings, generate
 
 COLUMNS = ("refusal_margin_change", "helpful_loglik_change")
-COMPLIANT_TOKENS = 24  # new tokens of each compliant answer: the opening decides refusal vs compliance
+OPENING_TOKENS = 12  # each target's first tokens: the opening decides refusal vs compliance, and
+# every probe pair is scored n + 1 times a round, so the probe stays a small share of the round
 
 
 def _disjoint(pairs: list[data.Pair], eval_prompts: list[str]) -> None:
@@ -57,7 +58,7 @@ def selection_prompts(size: int, eval_prompts: list[str]) -> tuple[list[str], li
 def compliant_pairs(model, tokenizer, harmful: list[data.Pair], batch_size: int = 32) -> list[data.Pair]:
     """The model's own greedy answers to the harmful probe prompts, refusals dropped. Call it
     with the base behaviour loaded (the initial adapter)."""
-    settings = GenerationSettings(max_new_tokens=COMPLIANT_TOKENS, batch_size=batch_size)
+    settings = GenerationSettings(max_new_tokens=OPENING_TOKENS, batch_size=batch_size)
     answers = generate(model, tokenizer, [p["instruction"] for p in harmful], settings, label="probe compliant answers")
     return keep_compliant(harmful, answers)
 
@@ -73,14 +74,22 @@ def keep_compliant(harmful: list[data.Pair], answers: list[str]) -> list[data.Pa
     return pairs
 
 
+def openings(tokenizer, pairs: list[data.Pair], tokens: int = OPENING_TOKENS) -> list[data.Pair]:
+    """Each response cut to its first `tokens` tokens."""
+    cut = [tokenizer.decode(tokenizer(p["response"], add_special_tokens=False)["input_ids"][:tokens]).strip()
+           for p in pairs]
+    return [data.Pair(instruction=p["instruction"], response=r) for p, r in zip(pairs, cut)]
+
+
 class BehaviourProbe:
     """`probe(global_state, updates[n, d]) -> scores[n, 2]` on the server's model. `harmful`:
-    harmful prompts with refusals; `compliant`: harmful prompts with compliant answers."""
+    harmful prompts with refusals; `compliant`: harmful prompts with compliant answers. Every
+    target is scored on its opening (`OPENING_TOKENS`), with no end-of-turn after it."""
 
     def __init__(self, model, tokenizer, harmful: list[data.Pair], compliant: list[data.Pair],
                  helpful: list[data.Pair], seq_length: int):
         self.model, self.tokenizer = model, tokenizer
-        self.harmful, self.compliant, self.helpful = harmful, compliant, helpful
+        self.harmful, self.compliant, self.helpful = (openings(tokenizer, p) for p in (harmful, compliant, helpful))
         self.seq_length = seq_length
         self.seconds = 0.0  # total time spent probing, for the cost report
 
@@ -88,7 +97,8 @@ class BehaviourProbe:
         """(2,) refusal margin and mean per-token log-likelihood of helpful answers; the three
         sets scored in one call (one pass of the shared prompt prefix)."""
         sets = (self.harmful, self.compliant, self.helpful)
-        sums, counts = pair_logliks(self.model, self.tokenizer, [p for pairs in sets for p in pairs], self.seq_length)
+        sums, counts = pair_logliks(self.model, self.tokenizer, [p for pairs in sets for p in pairs], self.seq_length,
+                                    close_turn=False)
         sizes = [len(pairs) for pairs in sets]
         refusal, compliant, helpful = (s.sum() / c.sum().clamp(min=1)
                                        for s, c in zip(sums.split(sizes), counts.split(sizes)))
