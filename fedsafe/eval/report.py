@@ -106,6 +106,24 @@ def _eval_section(evals: dict) -> list[str]:
     return ["## Evaluation", "", *_table(header + ["LLM judge"] * llm, rows), "", note, ""]
 
 
+def _probe_section(rounds: list[dict], malicious: set[int]) -> list[str]:
+    """What the `safety-probe` saw: each client's two probe columns, next to its flag and role."""
+    rows = []
+    for r in rounds:
+        scores = (r.get("aggregator") or {}).get("probe") or []
+        for client, (margin, helpful) in zip(r.get("clients") or [], scores):
+            pid = client["partition_id"]
+            rows.append([str(r.get("round", DASH)), f"{pid}*" if pid in malicious else str(pid), f"{margin:+.3f}",
+                         f"{helpful:+.3f}", "flagged" if client.get("flagged") else "kept"])
+    if not rows:
+        return []
+    note = ("Changes when the client's update is applied to the round's global adapter: refusal margin "
+            "(refusal minus compliant opening, nats per token; negative = toward compliance) on the "
+            "harmful probe prompts, and log-likelihood of helpful answers on the benign ones. * malicious.")
+    header = ["round", "client", "refusal margin change", "helpful change", "decision"]
+    return ["## Behaviour probe", "", *_table(header, rows), "", note, ""]
+
+
 def _detection_section(results: dict, rounds: list[dict], malicious: set[int]) -> list[str]:
     lines = []
     if overall := results.get("detection"):
@@ -166,6 +184,7 @@ def write_report(run_dir: Path) -> Path:
         lines += ["## Post-hoc defense", "", *_bullets({k: v for k, v in posthoc.items() if k != "checks"}, first)]
         lines += _checks_section(checks, posthoc.get("selected_step"))
     lines += _detection_section(results, rounds, set(malicious))
+    lines += _probe_section(rounds, set(malicious))
     if any(r.get(k) for r in rounds for k in ("clients", "dropped", "failed")):
         plot_clients(results, run_dir / CLIENTS_PNG)
         lines += [f"![clients per round]({CLIENTS_PNG})", ""]

@@ -114,3 +114,11 @@ def test_plots_are_deterministic(tmp_path, results):
     for plot in (plot_safety, plot_clients):
         first = plot(results, tmp_path / "a.png").read_bytes()
         assert plot(results, tmp_path / "b.png").read_bytes() == first
+
+
+def test_report_shows_what_the_safety_probe_saw(tmp_path, results):
+    assert "## Behaviour probe" not in write_report(_run_dir(tmp_path, results)).read_text()  # other aggregators
+    results["rounds"][0]["aggregator"] = {"probe": [[0.8, 0.21], [0.45, 0.1], [-0.6, -0.3]], "fallback": "fedavg"}
+    text = write_report(_run_dir(tmp_path, results)).read_text()
+    assert "| 1 | 2 | +0.800 | +0.210 | kept |" in text
+    assert "| 1 | 7* | -0.600 | -0.300 | flagged |" in text
