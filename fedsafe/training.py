@@ -38,8 +38,8 @@ def response_nll(model, batch: dict[str, torch.Tensor], past_key_values=None) ->
     has_label = (labels != IGNORE_INDEX).any(dim=0)
     first = int(has_label.nonzero()[0]) if has_label.any() else labels.shape[1] - 1
     keep = labels.shape[1] - max(first - 1, 0)  # positions first-1 .. t-1 predict first .. t
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep,
-                past_key_values=past_key_values)
+    cached = {} if past_key_values is None else {"past_key_values": past_key_values}  # transformers 4.56+
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep, **cached)
     logits = out.logits[:, :-1].float()  # (b, keep - 1, vocab)
     targets = labels[:, labels.shape[1] - keep + 1:]  # (b, keep - 1)
     nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
