@@ -123,8 +123,8 @@ def breakdown(run_dir: Path, marks: dict) -> tuple[list[list], dict]:
         ["start-up", marks.get("startup_s"), "flwr run -> run directory line: CLI, FAB, SuperLink, imports"],
         ["model_load", t.get("model_load"), "server's base model + LoRA"],
         ["attack data", attack, "generated before round 1 (0: read from the cache)"],
-        *[["probe setup", t["behaviour_probe_setup"], "safety-probe: the base model's compliant answers"]
-          for _ in [0] if "behaviour_probe_setup" in t],
+        *([["probe setup", t["behaviour_probe_setup"], "safety-probe: the base model's compliant answers"]]
+          if "behaviour_probe_setup" in t else []),
         ["rounds", t.get("rounds"),
          f"{len(rounds)} rounds: round 1 {rounds[0]:.3g} s, later {later:.3g} s each" if rounds else ""],
         *[[f"  of which {k}", t[k], f"inside rounds: {t[k] / t['rounds']:.1%} of their wall time"]

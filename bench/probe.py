@@ -67,8 +67,7 @@ def main() -> None:
     flat = models.flatten(initial)
     updates = torch.randn(args.updates, flat.numel()) * (4.0 / flat.numel() ** 0.5)  # norm ~4, a round-1 client's
     sets = (probe.harmful, probe.compliant, probe.helpful)  # the targets' openings, as the probe scores them
-    tokens = sum(len(e["input_ids"]) for pairs in sets
-                 for e in data.tokenize_pairs(tokenizer, pairs, settings.train.seq_length, close_turn=False))
+    tokens = sum(len(e["input_ids"]) for e in probe.examples)
 
     def score_all(scorer) -> torch.Tensor:
         """Summed log-likelihoods of every set, for the global adapter and each update."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from fedsafe import data
-from fedsafe.eval.probe import BehaviourProbe
+from fedsafe.eval.probe import BehaviourProbe, benign_probe_size
 
 PROBE_SIZE = 8  # as many prompts as the server's default probe
 SCALES = tuple(0.5 ** i for i in range(8))  # 1 .. 1/128: halving, eight tries
@@ -38,7 +38,7 @@ def attacker_pairs(attack: list[data.Pair], benign: list[data.Pair],
     compliant = [p for p in attack if p["instruction"] not in server][:size]
     harmful = [data.Pair(instruction=p["instruction"], response=REFUSALS[i % len(REFUSALS)])
                for i, p in enumerate(compliant)]
-    helpful = [p for p in benign if p["instruction"] not in server][:max(1, size // 2)]  # as the server's
+    helpful = [p for p in benign if p["instruction"] not in server][:benign_probe_size(size)]
     if not harmful or not helpful:
         raise ValueError("attack.update='probe-aware' needs attack instructions and benign pairs of its own")
     return harmful, compliant, helpful

@@ -32,16 +32,27 @@ def shared_prefix(examples: list[data.Example]) -> list[int]:
     return prefix
 
 
-@torch.no_grad()
-def pair_logliks(model, tokenizer, pairs: list[data.Pair], seq_length: int, batch_size: int = 16,
-                 close_turn: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-likelihood of each reference response and its token count: (n,), (n,).
-
-    The shared prompt prefix runs through the model once and its key/value cache serves every
-    batch; batches take the pairs in order of length, so little of them is padding."""
+def scored_examples(tokenizer, pairs: list[data.Pair], seq_length: int, close_turn: bool = True) -> list[data.Example]:
+    """`pairs` tokenized for scoring; every pair must keep a response token."""
     examples = data.tokenize_pairs(tokenizer, pairs, seq_length, close_turn)
     if len(examples) != len(pairs):
         raise ValueError("a pair has no response tokens left after truncation; raise train.seq-length")
+    return examples
+
+
+def pair_logliks(model, tokenizer, pairs: list[data.Pair], seq_length: int, batch_size: int = 16,
+                 close_turn: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-likelihood of each reference response and its token count: (n,), (n,)."""
+    examples = scored_examples(tokenizer, pairs, seq_length, close_turn)
+    return example_logliks(model, examples, tokenizer.pad_token_id, batch_size)
+
+
+@torch.no_grad()
+def example_logliks(model, examples: list[data.Example], pad_id: int, batch_size: int = 16
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pair_logliks` on examples tokenized once (the behaviour probe scores the same ones n + 1
+    times a round). The shared prompt prefix runs through the model once and its key/value cache
+    serves every batch; batches take the examples in order of length, so little is padding."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -52,7 +63,7 @@ def pair_logliks(model, tokenizer, pairs: list[data.Pair], seq_length: int, batc
     sums, counts = torch.zeros(len(examples)), torch.zeros(len(examples), dtype=torch.long)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in data.collate([rest[i] for i in idx], tokenizer.pad_token_id).items()}
+        batch = {k: v.to(device) for k, v in data.collate([rest[i] for i in idx], pad_id).items()}
         past = None
         if cache is not None:
             past = copy.deepcopy(cache)

@@ -21,7 +21,7 @@ import time
 import torch
 
 from fedsafe import data, models
-from fedsafe.eval.helpfulness import pair_logliks
+from fedsafe.eval.helpfulness import example_logliks, scored_examples
 from fedsafe.eval.judges import RuleJudge
 from fedsafe.generation import GenerationSettings, generate
 
@@ -37,10 +37,15 @@ def _disjoint(pairs: list[data.Pair], eval_prompts: list[str]) -> None:
     assert not probes & used, "probe prompts overlap training / defense data"
 
 
+def benign_probe_size(size: int) -> int:
+    """Half as many benign probe prompts as harmful ones: the refusal margin decides, the helpful
+    column is for the reader, and every pair is scored n + 1 times a round."""
+    return max(1, size // 2)
+
+
 def probe_pairs(size: int, eval_prompts: list[str]) -> tuple[list[data.Pair], list[data.Pair]]:
-    """`size` harmful pairs (refusal targets) and half as many helpful ones: the refusal margin
-    decides, the helpful column is for the reader, and every pair is scored n + 1 times a round."""
-    harmful, helpful = data.bundled("harmful_probe")[:size], data.bundled("helpful_probe")[:max(1, size // 2)]
+    """`size` harmful pairs (refusal targets) and `benign_probe_size(size)` helpful ones."""
+    harmful, helpful = data.bundled("harmful_probe")[:size], data.bundled("helpful_probe")[:benign_probe_size(size)]
     _disjoint(harmful + helpful, eval_prompts)
     return harmful, helpful
 
@@ -90,18 +95,17 @@ class BehaviourProbe:
                  helpful: list[data.Pair], seq_length: int):
         self.model, self.tokenizer = model, tokenizer
         self.harmful, self.compliant, self.helpful = (openings(tokenizer, p) for p in (harmful, compliant, helpful))
-        self.seq_length = seq_length
+        sets = (self.harmful, self.compliant, self.helpful)
+        self.sizes = [len(pairs) for pairs in sets]
+        self.examples = scored_examples(tokenizer, [p for pairs in sets for p in pairs], seq_length, close_turn=False)
         self.seconds = 0.0  # total time spent probing, for the cost report
 
     def _mean_logliks(self) -> torch.Tensor:
         """(2,) refusal margin and mean per-token log-likelihood of helpful answers; the three
         sets scored in one call (one pass of the shared prompt prefix)."""
-        sets = (self.harmful, self.compliant, self.helpful)
-        sums, counts = pair_logliks(self.model, self.tokenizer, [p for pairs in sets for p in pairs], self.seq_length,
-                                    close_turn=False)
-        sizes = [len(pairs) for pairs in sets]
+        sums, counts = example_logliks(self.model, self.examples, self.tokenizer.pad_token_id)
         refusal, compliant, helpful = (s.sum() / c.sum().clamp(min=1)
-                                       for s, c in zip(sums.split(sizes), counts.split(sizes)))
+                                       for s, c in zip(sums.split(self.sizes), counts.split(self.sizes)))
         return torch.stack([refusal - compliant, helpful])
 
     def __call__(self, global_state: dict[str, torch.Tensor], updates: torch.Tensor) -> torch.Tensor:
