@@ -108,9 +108,33 @@ def test_nobody_passing_keeps_the_global_adapter():
     assert result.flagged.all() and not result.update.any() and not result.weights.any()
 
 
-@pytest.mark.parametrize("bad", [{"k": 0}, {"tolerance": -1}, {"fallback": "safety-probe"}, {"fallback": "nope"}])
+@pytest.mark.parametrize("bad", [{"k": 0}, {"tolerance": -1}, {"probe_scale": "max-norm"}, {"fallback": "safety-probe"}, {"fallback": "nope"}])
 def test_bad_parameters_fail_loudly(bad):
     from fedsafe.defenses import get_aggregator
 
     with pytest.raises(ValueError):
         get_aggregator("safety-probe", **bad)
+
+
+def test_probe_factors_bring_updates_to_the_median_norm():
+    from fedsafe.defenses.safety_probe import probe_factors
+
+    updates = torch.tensor([[3.0, 4.0], [0.0, 1.0], [0.0, 0.0], [6.0, 8.0], [0.3, 0.4]])  # norms 5, 1, 0, 10, 0.5
+    scaled = updates * probe_factors(updates)[:, None]
+    assert scaled.norm(dim=1).tolist() == pytest.approx([1.0, 1.0, 0.0, 1.0, 1.0])  # median norm 1; zero stays zero
+
+
+@pytest.mark.parametrize("probe_scale, caught", [("median-norm", True), ("as-sent", False)])
+def test_a_shrunk_poisoned_update_is_judged_by_its_direction(probe_scale, caught):
+    """A linear stand-in probe (margin change = projection on `safe`): three benign updates move
+    the margin up, the attacker's points the other way but is shrunk 30x so its raw change is
+    within the tolerance. Probed at the median norm it is flagged; probed as sent it passes."""
+    from fedsafe.defenses import call_aggregator, get_aggregator
+
+    safe = torch.tensor([1.0, 0.0, 0.0])
+    updates = torch.tensor([[0.3, 1.0, 0.0], [0.2, 0.0, 1.0], [0.4, 0.7, 0.7], [-1.0, 0.2, 0.0]])
+    updates[3] /= 30
+    probe = lambda u: torch.stack([u @ safe, torch.zeros(len(u))], 1)  # noqa: E731
+    result = call_aggregator(get_aggregator("safety-probe", probe_scale=probe_scale), updates, torch.ones(4), probe=probe)
+    assert result.flagged.tolist() == [False, False, False, caught]
+    assert torch.allclose(result.update, updates[:3].mean(0) if caught else updates.mean(0))  # aggregated as sent

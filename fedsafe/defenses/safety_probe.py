@@ -4,7 +4,10 @@ this attack).
 
 The server's behaviour probe (fedsafe/eval/probe.py) measures, for each update applied to the
 global adapter, the change in refusal margin on harmful probe prompts: log-likelihood (nats per
-token) of a refusal minus that of the base model's own compliant answer. An update is flagged
+token) of a refusal minus that of the base model's own compliant answer. Each update is probed
+rescaled to the round's median update norm (`probe_scale="median-norm"`): the probe judges its
+direction at a common step size, so an attacker cannot pass by shrinking its update until the
+margin barely moves (the `probe-aware` attack); the update itself is aggregated as sent. An update is flagged
 when it lowers the margin by more than `tolerance`, or lies more than `k` robust standard
 deviations (1.4826 * MAD) below the round's median. The kept updates go to the `fallback`
 aggregator. The aggregator sees only tensors and a callable: no model, no Flower.
@@ -17,29 +20,43 @@ import torch
 from fedsafe.defenses.base import AggregationResult, call_aggregator
 from fedsafe.defenses.registry import get_aggregator, register
 
+PROBE_SCALES = ("median-norm", "as-sent")
+
+
+def probe_factors(updates: torch.Tensor) -> torch.Tensor:
+    """(n,) factors that bring every non-zero update (n, d) to the round's median norm."""
+    norms = updates.norm(dim=1)  # (n,)
+    median = norms.quantile(0.5)
+    return torch.where(norms > 0, median / norms.clamp(min=1e-12), torch.ones_like(norms))
+
 
 @register("safety-probe")
 class SafetyProbe:
     needs_probe = True  # the strategy passes probe(updates (n, d)) -> scores (n, 2)
 
-    def __init__(self, k: float = 3.0, tolerance: float = 0.1, fallback: str = "fedavg", probe_size: int = 8):
+    def __init__(self, k: float = 3.0, tolerance: float = 0.1, fallback: str = "fedavg", probe_size: int = 8,
+                 probe_scale: str = "median-norm"):
         if k <= 0 or tolerance < 0 or probe_size < 1:
             raise ValueError("safety-probe needs k > 0, tolerance >= 0 and probe_size >= 1")
-        self.k, self.tolerance, self.probe_size = k, tolerance, probe_size
+        if probe_scale not in PROBE_SCALES:
+            raise ValueError(f"safety-probe probe_scale={probe_scale!r}: accepted {', '.join(PROBE_SCALES)}")
+        self.k, self.tolerance, self.probe_size, self.probe_scale = k, tolerance, probe_size, probe_scale
         self.fallback_name = fallback
         self.fallback = get_aggregator(fallback)
         if getattr(self.fallback, "needs_probe", False):
             raise ValueError(f"fallback={fallback!r} cannot itself need the probe")
 
     def __call__(self, updates: torch.Tensor, weights: torch.Tensor, *, probe) -> AggregationResult:
-        scores = probe(updates)  # (n, 2): refusal margin and helpful log-likelihood changes
+        factors = probe_factors(updates) if self.probe_scale == "median-norm" else torch.ones(len(updates))  # (n,)
+        scores = probe(updates * factors[:, None])  # (n, 2): refusal margin and helpful log-likelihood changes
         refusal = scores[:, 0].double()  # (n,)
         median = refusal.quantile(0.5)  # the mean of the two middle values when n is even
         spread = 1.4826 * (refusal - median).abs().quantile(0.5)
         outlier = refusal < median - self.k * spread if spread > 0 else torch.zeros_like(refusal, dtype=torch.bool)
         flagged = outlier | (refusal < -self.tolerance)  # (n,)
         kept = (~flagged).nonzero().flatten()
-        info = {"probe": [[round(float(v), 5) for v in row] for row in scores], "fallback": self.fallback_name}
+        info = {"probe": [[round(float(v), 5) for v in row] for row in scores], "fallback": self.fallback_name,
+                "probe_factors": [round(float(f), 5) for f in factors]}
         if kept.numel() == 0:  # nobody passes: the global adapter stays as it is
             return AggregationResult(update=torch.zeros(updates.shape[1]), weights=torch.zeros(len(refusal)),
                                      flagged=flagged, scores=refusal, info={**info, "all_flagged": True})
