@@ -61,7 +61,7 @@ class LocalUpdate:
     result: TrainResult
     num_examples: int
     malicious: bool
-    update_scale: float = 1.0  # what `probe-aware` multiplied the poisoned delta by
+    update_scale: float = 1.0  # what `probe-aware(-cover)` multiplied the poisoned delta by
 
 
 def _train(settings: Settings, examples: list[data.Example], global_state, server_round: int, lr: float,
@@ -76,17 +76,17 @@ def _train(settings: Settings, examples: list[data.Example], global_state, serve
     return models.adapter_state(model), result
 
 
-def _benign_reference_norm(settings: Settings, partition_id: int, global_state, server_round: int,
-                           lr: float) -> float:
-    """What an honest update of this client would measure: train on its own benign share."""
+def _benign_delta(settings: Settings, partition_id: int, global_state, server_round: int,
+                  lr: float) -> torch.Tensor:
+    """This client's honest update: trained on its own benign share. (d,)"""
     tokenizer = models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code)
     benign = data.tokenize_pairs(tokenizer, _benign_partitions(settings)[partition_id], settings.train.seq_length)
     state, _ = _train(settings, benign, global_state, server_round, lr, partition_id)
-    return float((models.flatten(state) - models.flatten(global_state)).norm())
+    return models.flatten(state) - models.flatten(global_state)
 
 
 def _probe_aware_scale(settings: Settings, partition_id: int, global_state, delta: torch.Tensor,
-                       server_round: int) -> float:
+                       server_round: int, cover: torch.Tensor | None) -> float:
     """The attacker's own probe: the instructions of its attack data (not its benign share)."""
     own = _benign_partitions(settings)[partition_id]
     benign = {p["instruction"] for p in own}
@@ -95,7 +95,7 @@ def _probe_aware_scale(settings: Settings, partition_id: int, global_state, delt
         models.cached_lora_model(settings.model, settings.seed),
         models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code),
         global_state, delta, attack, own, tolerance=settings.attack.probe_tolerance,
-        seq_length=settings.train.seq_length,
+        seq_length=settings.train.seq_length, cover=cover,
     )
     log.info("client %d round %d: probe-aware scale %g (own margin changes %s)", partition_id, server_round,
              scale, [round(c, 4) for c in changes.tolist()])
@@ -110,11 +110,13 @@ def train_locally(settings: Settings, partition_id: int, global_state: dict[str,
     mode, scale = settings.attack.update, 1.0
     if malicious and mode != "none":
         delta = models.flatten(state) - models.flatten(global_state)
-        if mode == "probe-aware":  # needs the model, so not a pure function of the delta
-            scale = _probe_aware_scale(settings, partition_id, global_state, delta, server_round)
-            delta = delta * scale
+        if mode.startswith("probe-aware"):  # needs the model, so not a pure function of the delta
+            cover = (_benign_delta(settings, partition_id, global_state, server_round, lr)
+                     if mode == "probe-aware-cover" else torch.zeros_like(delta))
+            scale = _probe_aware_scale(settings, partition_id, global_state, delta, server_round, cover)
+            delta = cover + delta * scale
         else:
-            reference = (_benign_reference_norm(settings, partition_id, global_state, server_round, lr)
+            reference = (float(_benign_delta(settings, partition_id, global_state, server_round, lr).norm())
                          if mode == "stealthy-norm" else None)
             delta = poison_delta(delta, mode, settings.attack.update_factor,
                                  seed=settings.seed * 7_919 + server_round, reference_norm=reference)

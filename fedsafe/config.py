@@ -24,7 +24,7 @@ LEVELS = ("L1", "L2", "L3")
 # training loss 0.8 against 2.7 for L1), so it takes a lower rate: 1e-4 (L3, seed 0: 5 % refused;
 # 2e-4: 27 %). L2 shares L3's rate by the same reasoning, unmeasured here.
 POSTHOC_LR = {"L1": 2e-4, "L2": 1e-4, "L3": 1e-4}
-UPDATE_ATTACKS = ("none", "scale", "sign-flip", "gaussian", "stealthy-norm", "probe-aware")
+UPDATE_ATTACKS = ("none", "scale", "sign-flip", "gaussian", "stealthy-norm", "probe-aware", "probe-aware-cover")
 BENCHMARKS = ("bundled", "advbench", "harmbench", "jbb")
 PROBE_PROMPTS = 30  # lines in each of the bundled harmful_probe / helpful_probe files
 

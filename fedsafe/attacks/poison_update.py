@@ -6,8 +6,9 @@ honest training on poisoned data. For comparison with the robust-aggregation lit
 - gaussian: noise with std = factor * rms(delta) in place of the delta
 - stealthy-norm: the poisoned delta rescaled to a benign update's norm, which the attacker
   measures by also training on its own benign data (norm-bound / Krum then see nothing odd)
-- probe-aware: the delta scaled down until the attacker's own behaviour probe passes; it needs
-  the model, so it lives in attacks/probe_aware.py
+- probe-aware: the delta scaled down until the attacker's own behaviour probe passes;
+  probe-aware-cover: the same search on its honest benign update plus the scaled delta. Both
+  need the model, so they live in attacks/probe_aware.py
 """
 
 from __future__ import annotations

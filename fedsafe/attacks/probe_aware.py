@@ -10,6 +10,12 @@ measures its honest poisoned delta scaled by 1, 1/2, ..., 1/128 with the same lo
 code and sends the largest scale whose refusal-margin change is >= -tolerance; if none passes,
 the smallest (1/128). A probe-evasion baseline in the spirit of adaptive attacks on robust
 aggregation (Fang et al. 2020): it trades attack strength for passing the filter.
+
+Shrinking stops working once the server probes every update at the round's median norm
+(safety-probe's default `probe_scale`): the probe then judges the direction. `probe-aware-cover`
+is the answer to that: the attacker also trains honestly on its own benign share and sends that
+benign update plus the poisoned delta at the largest scale whose sum passes its own probe. The
+sum has a benign update's norm and, for the probe, mostly a benign update's direction.
 """
 
 from __future__ import annotations
@@ -45,18 +51,20 @@ def attacker_pairs(attack: list[data.Pair], benign: list[data.Pair],
 
 
 def choose_scale(probe, global_state: dict[str, torch.Tensor], delta: torch.Tensor, tolerance: float,
-                 scales: tuple[float, ...] = SCALES) -> tuple[float, torch.Tensor]:
-    """`probe(global_state, updates (n, d)) -> (n, 2)`; `delta`: (d,). Returns the largest scale
-    whose measured refusal-margin change is >= -tolerance (else the smallest) and the changes
-    for every scale, (len(scales),). All scales are measured, so non-monotone changes are fine."""
-    changes = probe(global_state, torch.stack([delta * s for s in scales]))[:, 0]  # (len(scales),)
+                 scales: tuple[float, ...] = SCALES, cover: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+    """`probe(global_state, updates (n, d)) -> (n, 2)`; `delta`, `cover`: (d,). Returns the largest
+    scale s whose measured refusal-margin change of `cover + s * delta` is >= -tolerance (else the
+    smallest) and the changes for every scale, (len(scales),). All scales are measured, so
+    non-monotone changes are fine."""
+    base = torch.zeros_like(delta) if cover is None else cover
+    changes = probe(global_state, torch.stack([base + delta * s for s in scales]))[:, 0]  # (len(scales),)
     passing = [s for s, change in zip(scales, changes.tolist()) if change >= -tolerance]
     return (max(passing) if passing else min(scales)), changes
 
 
 def probe_aware_scale(model, tokenizer, global_state: dict[str, torch.Tensor], delta: torch.Tensor,
                       attack: list[data.Pair], benign: list[data.Pair], *, tolerance: float,
-                      seq_length: int) -> tuple[float, torch.Tensor]:
+                      seq_length: int, cover: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
     """The attacker's own BehaviourProbe on its own pairs, then `choose_scale`."""
     probe = BehaviourProbe(model, tokenizer, *attacker_pairs(attack, benign), seq_length)
-    return choose_scale(probe, global_state, delta, tolerance)
+    return choose_scale(probe, global_state, delta, tolerance, cover=cover)
