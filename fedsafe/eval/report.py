@@ -110,17 +110,21 @@ def _probe_section(rounds: list[dict], malicious: set[int]) -> list[str]:
     """What the `safety-probe` saw: each client's two probe columns, next to its flag and role."""
     rows = []
     for r in rounds:
-        scores = (r.get("aggregator") or {}).get("probe") or []
-        for client, (margin, helpful) in zip(r.get("clients") or [], scores):
+        info = r.get("aggregator") or {}
+        scores = info.get("probe") or []
+        factors = info.get("probe_factors") or [None] * len(scores)
+        for client, (margin, helpful), factor in zip(r.get("clients") or [], scores, factors):
             pid = client["partition_id"]
-            rows.append([str(r.get("round", DASH)), f"{pid}*" if pid in malicious else str(pid), f"{margin:+.3f}",
-                         f"{helpful:+.3f}", "flagged" if client.get("flagged") else "kept"])
+            rows.append([str(r.get("round", DASH)), f"{pid}*" if pid in malicious else str(pid),
+                         DASH if factor is None else f"x{factor:.2f}", f"{margin:+.3f}", f"{helpful:+.3f}",
+                         "flagged" if client.get("flagged") else "kept"])
     if not rows:
         return []
-    note = ("Changes when the client's update is applied to the round's global adapter: refusal margin "
-            "(refusal minus compliant opening, nats per token; negative = toward compliance) on the "
-            "harmful probe prompts, and log-likelihood of helpful answers on the benign ones. * malicious.")
-    header = ["round", "client", "refusal margin change", "helpful change", "decision"]
+    note = ("Changes when the client's update, times the probe scale (to the round's median norm), is "
+            "applied to the round's global adapter: refusal margin (refusal minus compliant opening, nats "
+            "per token; negative = toward compliance) on the harmful probe prompts, and log-likelihood of "
+            "helpful answers on the benign ones. * malicious.")
+    header = ["round", "client", "probe scale", "refusal margin change", "helpful change", "decision"]
     return ["## Behaviour probe", "", *_table(header, rows), "", note, ""]
 
 
