@@ -138,3 +138,16 @@ def test_a_shrunk_poisoned_update_is_judged_by_its_direction(probe_scale, caught
     result = call_aggregator(get_aggregator("safety-probe", probe_scale=probe_scale), updates, torch.ones(4), probe=probe)
     assert result.flagged.tolist() == [False, False, False, caught]
     assert torch.allclose(result.update, updates[:3].mean(0) if caught else updates.mean(0))  # aggregated as sent
+
+
+@pytest.mark.parametrize("cap_weights", [False, True])
+def test_capped_weights_stop_tiny_updates_diluting_the_step(cap_weights):
+    """Three benign updates and a near-zero one claiming as much data; the probe passes all four.
+    FedAvg's step shrinks to 3/4; with capped weights the tiny update weighs 1/1000."""
+    from fedsafe.defenses import call_aggregator, get_aggregator
+
+    updates = torch.tensor([[1.0, 0.1], [1.0, -0.1], [1.0, 0.0], [0.0, 0.001]])
+    agg = get_aggregator("safety-probe", cap_weights=cap_weights)
+    result = call_aggregator(agg, updates, torch.ones(4), probe=lambda u: torch.zeros(len(u), 2))
+    assert not result.flagged.any()
+    assert float(result.update[0]) == pytest.approx(0.999 if cap_weights else 0.75, abs=1e-3)

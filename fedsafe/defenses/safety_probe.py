@@ -7,7 +7,9 @@ global adapter, the change in refusal margin on harmful probe prompts: log-likel
 token) of a refusal minus that of the base model's own compliant answer. Each update is probed
 rescaled to the round's median update norm (`probe_scale="median-norm"`): the probe judges its
 direction at a common step size, so an attacker cannot pass by shrinking its update until the
-margin barely moves (the `probe-aware` attack); the update itself is aggregated as sent. An update is flagged
+margin barely moves (the `probe-aware` attack). The update itself is aggregated as sent, by its
+weight, or with `cap_weights` by at most its norm's share of the median: a tiny update claiming
+a full share of data would otherwise shrink everyone's step (dilution). An update is flagged
 when it lowers the margin by more than `tolerance`, or lies more than `k` robust standard
 deviations (1.4826 * MAD) below the round's median. The kept updates go to the `fallback`
 aggregator. The aggregator sees only tensors and a callable: no model, no Flower.
@@ -23,11 +25,23 @@ from fedsafe.defenses.registry import get_aggregator, register
 PROBE_SCALES = ("median-norm", "as-sent")
 
 
-def probe_factors(updates: torch.Tensor) -> torch.Tensor:
-    """(n,) factors that bring every non-zero update (n, d) to the round's median norm."""
+def norm_ratios(updates: torch.Tensor) -> torch.Tensor:
+    """(n,) each update's norm over the round's median update norm (all 1 if the median is 0)."""
     norms = updates.norm(dim=1)  # (n,)
     median = norms.quantile(0.5)
-    return torch.where(norms > 0, median / norms.clamp(min=1e-12), torch.ones_like(norms))
+    return norms / median if median > 0 else torch.ones_like(norms)
+
+
+def probe_factors(updates: torch.Tensor) -> torch.Tensor:
+    """(n,) factors that bring every non-zero update (n, d) to the round's median norm."""
+    ratios = norm_ratios(updates)
+    return torch.where(ratios > 0, 1 / ratios.clamp(min=1e-12), torch.ones_like(ratios))
+
+
+def weight_caps(updates: torch.Tensor) -> torch.Tensor:
+    """(n,) min(1, norm / median norm): an update weighs no more than its size backs, so near-zero
+    updates that claim a full share of data cannot dilute the others' step."""
+    return norm_ratios(updates).clamp(max=1.0)
 
 
 @register("safety-probe")
@@ -35,12 +49,13 @@ class SafetyProbe:
     needs_probe = True  # the strategy passes probe(updates (n, d)) -> scores (n, 2)
 
     def __init__(self, k: float = 3.0, tolerance: float = 0.1, fallback: str = "fedavg", probe_size: int = 8,
-                 probe_scale: str = "median-norm"):
+                 probe_scale: str = "median-norm", cap_weights: bool = False):
         if k <= 0 or tolerance < 0 or probe_size < 1:
             raise ValueError("safety-probe needs k > 0, tolerance >= 0 and probe_size >= 1")
         if probe_scale not in PROBE_SCALES:
-            raise ValueError(f"safety-probe probe_scale={probe_scale!r}: accepted {', '.join(PROBE_SCALES)}")
+            raise ValueError(f"defense.safety-probe.probe-scale={probe_scale!r}: accepted {', '.join(PROBE_SCALES)}")
         self.k, self.tolerance, self.probe_size, self.probe_scale = k, tolerance, probe_size, probe_scale
+        self.cap_weights = cap_weights
         self.fallback_name = fallback
         self.fallback = get_aggregator(fallback)
         if getattr(self.fallback, "needs_probe", False):
@@ -60,6 +75,8 @@ class SafetyProbe:
         if kept.numel() == 0:  # nobody passes: the global adapter stays as it is
             return AggregationResult(update=torch.zeros(updates.shape[1]), weights=torch.zeros(len(refusal)),
                                      flagged=flagged, scores=refusal, info={**info, "all_flagged": True})
+        if self.cap_weights:
+            weights = weights * weight_caps(updates)
         inner = call_aggregator(self.fallback, updates[kept], weights[kept])
         full = torch.zeros(len(refusal), dtype=torch.float64)
         full[kept] = inner.weights.double()
