@@ -76,12 +76,18 @@ def _train(settings: Settings, examples: list[data.Example], global_state, serve
     return models.adapter_state(model), result
 
 
+@cache
+def _benign_examples(settings: Settings, partition_id: int) -> list[data.Example]:
+    """This client's own benign share, tokenized once: stealthy-norm and probe-aware-cover
+    attackers train on it every round next to their attack data."""
+    tokenizer = models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code)
+    return data.tokenize_pairs(tokenizer, _benign_partitions(settings)[partition_id], settings.train.seq_length)
+
+
 def _benign_delta(settings: Settings, partition_id: int, global_state, server_round: int,
                   lr: float) -> torch.Tensor:
     """This client's honest update: trained on its own benign share. (d,)"""
-    tokenizer = models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code)
-    benign = data.tokenize_pairs(tokenizer, _benign_partitions(settings)[partition_id], settings.train.seq_length)
-    state, _ = _train(settings, benign, global_state, server_round, lr, partition_id)
+    state, _ = _train(settings, _benign_examples(settings, partition_id), global_state, server_round, lr, partition_id)
     return models.flatten(state) - models.flatten(global_state)
 
 
@@ -112,9 +118,9 @@ def train_locally(settings: Settings, partition_id: int, global_state: dict[str,
         delta = models.flatten(state) - models.flatten(global_state)
         if mode.startswith("probe-aware"):  # needs the model, so not a pure function of the delta
             cover = (_benign_delta(settings, partition_id, global_state, server_round, lr)
-                     if mode == "probe-aware-cover" else torch.zeros_like(delta))
+                     if mode == "probe-aware-cover" else None)
             scale = _probe_aware_scale(settings, partition_id, global_state, delta, server_round, cover)
-            delta = cover + delta * scale
+            delta = delta * scale if cover is None else cover + delta * scale
         else:
             reference = (float(_benign_delta(settings, partition_id, global_state, server_round, lr).norm())
                          if mode == "stealthy-norm" else None)
