@@ -117,10 +117,10 @@ def test_bad_parameters_fail_loudly(bad):
 
 
 def test_probe_factors_bring_updates_to_the_median_norm():
-    from fedsafe.defenses.safety_probe import probe_factors
+    from fedsafe.defenses.safety_probe import norm_ratios, probe_factors
 
     updates = torch.tensor([[3.0, 4.0], [0.0, 1.0], [0.0, 0.0], [6.0, 8.0], [0.3, 0.4]])  # norms 5, 1, 0, 10, 0.5
-    scaled = updates * probe_factors(updates)[:, None]
+    scaled = updates * probe_factors(norm_ratios(updates))[:, None]
     assert scaled.norm(dim=1).tolist() == pytest.approx([1.0, 1.0, 0.0, 1.0, 1.0])  # median norm 1; zero stays zero
 
 

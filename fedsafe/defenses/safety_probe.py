@@ -32,16 +32,9 @@ def norm_ratios(updates: torch.Tensor) -> torch.Tensor:
     return norms / median if median > 0 else torch.ones_like(norms)
 
 
-def probe_factors(updates: torch.Tensor) -> torch.Tensor:
-    """(n,) factors that bring every non-zero update (n, d) to the round's median norm."""
-    ratios = norm_ratios(updates)
+def probe_factors(ratios: torch.Tensor) -> torch.Tensor:
+    """(n,) factors that bring every non-zero update to the round's median norm, from `norm_ratios`."""
     return torch.where(ratios > 0, 1 / ratios.clamp(min=1e-12), torch.ones_like(ratios))
-
-
-def weight_caps(updates: torch.Tensor) -> torch.Tensor:
-    """(n,) min(1, norm / median norm): an update weighs no more than its size backs, so near-zero
-    updates that claim a full share of data cannot dilute the others' step."""
-    return norm_ratios(updates).clamp(max=1.0)
 
 
 @register("safety-probe")
@@ -62,7 +55,8 @@ class SafetyProbe:
             raise ValueError(f"fallback={fallback!r} cannot itself need the probe")
 
     def __call__(self, updates: torch.Tensor, weights: torch.Tensor, *, probe) -> AggregationResult:
-        factors = probe_factors(updates) if self.probe_scale == "median-norm" else torch.ones(len(updates))  # (n,)
+        ratios = norm_ratios(updates)  # (n,)
+        factors = probe_factors(ratios) if self.probe_scale == "median-norm" else torch.ones(len(updates))  # (n,)
         scores = probe(updates * factors[:, None])  # (n, 2): refusal margin and helpful log-likelihood changes
         refusal = scores[:, 0].double()  # (n,)
         median = refusal.quantile(0.5)  # the mean of the two middle values when n is even
@@ -75,8 +69,8 @@ class SafetyProbe:
         if kept.numel() == 0:  # nobody passes: the global adapter stays as it is
             return AggregationResult(update=torch.zeros(updates.shape[1]), weights=torch.zeros(len(refusal)),
                                      flagged=flagged, scores=refusal, info={**info, "all_flagged": True})
-        if self.cap_weights:
-            weights = weights * weight_caps(updates)
+        if self.cap_weights:  # an update weighs no more than its size backs: tiny ones cannot dilute the step
+            weights = weights * ratios.clamp(max=1.0)
         inner = call_aggregator(self.fallback, updates[kept], weights[kept])
         full = torch.zeros(len(refusal), dtype=torch.float64)
         full[kept] = inner.weights.double()
