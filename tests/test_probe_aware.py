@@ -77,26 +77,24 @@ def test_probe_aware_runs_in_a_federation(tiny_model_dir, tmp_path):
     assert norm["adaptive"][0] == pytest.approx(norm["honest"][0], rel=1e-5)
 
 
-def test_probe_aware_cover_runs_in_a_federation(tiny_model_dir, tmp_path):
-    """The cover attacker replies its benign update plus the scaled poisoned delta: a benign-sized
-    update, unlike the shrunk one, whose search ran on the covered sums."""
+def test_probe_aware_cover_sends_its_benign_update_plus_the_scaled_poison(tiny_model_dir, tmp_path):
+    """The reply of a `probe-aware-cover` client is exactly its honest benign update plus the
+    chosen scale times its poisoned delta (training is seeded, so both can be trained again)."""
+    from fedsafe import client
+    from fedsafe.client import settings_from, train_locally
+
     attack = tmp_path / "attack.jsonl"
     write_jsonl(attack, [data.Pair(instruction=p["instruction"], response=COMPLY)
                          for p in data.bundled("harmful_train")[:16]])
-    _, results, _ = run_federation(tiny_run_config(tiny_model_dir, tmp_path / "c", **{
-        "num-server-rounds": 1, "eval.every-rounds": 0, "attack.malicious-ids": "2", "attack.data": str(attack),
-        "attack.probe-tolerance": 0.02, "attack.update": "probe-aware-cover"}), 3)
-    clients = {c["partition_id"]: c for c in results["rounds"][0]["clients"]}
-    assert clients[2]["update_scale"] in SCALES
-    benign_norms = [clients[i]["update_norm"] for i in (0, 1)]
-    assert clients[2]["update_norm"] > 0.5 * min(benign_norms)
-
-
-def test_cover_search_counts_the_benign_update():
-    """`probe-aware-cover`: the margin change of cover + s * delta decides. A cover raising the
-    margin by 0.3 leaves room for s <= 0.4 of a delta lowering it by 1 (tolerance 0.1): 1/4."""
-    safe = torch.tensor([1.0, 0.0])
-    probe = lambda _, u: torch.stack([u @ safe, torch.zeros(len(u))], 1)  # noqa: E731
-    delta, cover = torch.tensor([-1.0, 0.5]), torch.tensor([0.3, 1.0])
-    assert choose_scale(probe, {}, delta, tolerance=0.1, cover=cover)[0] == 0.25
-    assert choose_scale(probe, {}, delta, tolerance=0.1)[0] == 0.0625  # no cover: shrink to -0.0625
+    settings = settings_from(tiny_run_config(tiny_model_dir, tmp_path / "runs", **{
+        "attack.malicious-ids": "2", "attack.data": str(attack), "attack.probe-tolerance": 0.02,
+        "attack.update": "probe-aware-cover"}))
+    start = models.adapter_state(models.cached_lora_model(settings.model, settings.seed))
+    update = train_locally(settings, 2, start, server_round=1, lr=3e-2)
+    sent = models.flatten(update.state) - models.flatten(start)
+    poisoned, _ = client._train(settings, client.client_examples(settings, 2), start, 1, 3e-2, 2)
+    benign = client._benign_delta(settings, 2, start, 1, 3e-2)
+    expected = benign + update.update_scale * (models.flatten(poisoned) - models.flatten(start))
+    assert update.update_scale in SCALES and update.malicious
+    assert torch.allclose(sent, expected, atol=1e-6)
+    assert not torch.allclose(sent, update.update_scale * (expected - benign), atol=1e-3)  # the cover is there
