@@ -108,7 +108,8 @@ def test_nobody_passing_keeps_the_global_adapter():
     assert result.flagged.all() and not result.update.any() and not result.weights.any()
 
 
-@pytest.mark.parametrize("bad", [{"k": 0}, {"tolerance": -1}, {"probe_scale": "max-norm"}, {"fallback": "safety-probe"}, {"fallback": "nope"}])
+@pytest.mark.parametrize("bad", [{"k": 0}, {"tolerance": -1}, {"probe_scale": "max-norm"}, {"weighting": "norm"},
+                                 {"fallback": "safety-probe"}, {"fallback": "nope"}])
 def test_bad_parameters_fail_loudly(bad):
     from fedsafe.defenses import get_aggregator
 
@@ -135,7 +136,8 @@ def test_a_shrunk_poisoned_update_is_judged_by_its_direction(probe_scale, caught
     updates = torch.tensor([[0.3, 1.0, 0.0], [0.2, 0.0, 1.0], [0.4, 0.7, 0.7], [-1.0, 0.2, 0.0]])
     updates[3] /= 30
     probe = lambda u: torch.stack([u @ safe, torch.zeros(len(u))], 1)  # noqa: E731
-    result = call_aggregator(get_aggregator("safety-probe", probe_scale=probe_scale), updates, torch.ones(4), probe=probe)
+    agg = get_aggregator("safety-probe", probe_scale=probe_scale, weighting="examples")
+    result = call_aggregator(agg, updates, torch.ones(4), probe=probe)
     assert result.flagged.tolist() == [False, False, False, caught]
     assert torch.allclose(result.update, updates[:3].mean(0) if caught else updates.mean(0))  # aggregated as sent
 
@@ -151,3 +153,36 @@ def test_capped_weights_stop_tiny_updates_diluting_the_step(cap_weights):
     result = call_aggregator(agg, updates, torch.ones(4), probe=lambda u: torch.zeros(len(u), 2))
     assert not result.flagged.any()
     assert float(result.update[0]) == pytest.approx(0.999 if cap_weights else 0.75, abs=1e-3)
+
+
+@pytest.mark.parametrize("weighting", ["examples", "margin"])
+def test_margin_weighting_leans_toward_the_updates_that_add_safety(weighting):
+    """Three kept updates adding refusal margin 0.3, 0.1 and 0 (the last passes the tolerance but
+    adds nothing): by examples they average evenly; by margin they weigh 3 : 1 : 0."""
+    from fedsafe.defenses import call_aggregator, get_aggregator
+
+    updates = torch.tensor([[0.3, 1.0], [0.1, -1.0], [0.0, 4.0]])
+    probe = lambda u: torch.stack([u[:, 0], torch.zeros(len(u))], 1)  # noqa: E731
+    agg = get_aggregator("safety-probe", probe_scale="as-sent", weighting=weighting)
+    result = call_aggregator(agg, updates, torch.ones(3), probe=probe)
+    assert not result.flagged.any()
+    expected = [1 / 3] * 3 if weighting == "examples" else [0.75, 0.25, 0.0]
+    assert result.weights.tolist() == pytest.approx(expected)
+    assert torch.allclose(result.update, (torch.tensor(expected)[:, None] * updates).sum(0).float())
+
+
+def test_tolerance_counts_from_the_round_median_when_every_update_lowers_the_margin():
+    """Late in a run the global model can be safer than the clients' data supports, and honest
+    updates then lower the margin a little; the attacker lowers it far more. Only it is flagged:
+    the tolerance counts from the median (-0.165), not from zero. A round whose every update
+    lowers it by 0.5 is flagged whole: the median counts down to one tolerance at most."""
+    from fedsafe.defenses import call_aggregator, get_aggregator
+
+    margins = torch.tensor([-0.15, -0.18, -0.12, -0.8])
+    updates = torch.eye(4)
+    probe = lambda u: torch.stack([u @ margins, torch.zeros(len(u))], 1)  # noqa: E731
+    result = call_aggregator(get_aggregator("safety-probe", k=100.0), updates, torch.ones(4), probe=probe)
+    assert result.flagged.tolist() == [False, False, False, True]
+    assert torch.allclose(result.update, torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0]))  # no margin gain: by examples
+    lowering = lambda u: torch.stack([u.sum(1) * -0.5, torch.zeros(len(u))], 1)  # noqa: E731
+    assert call_aggregator(get_aggregator("safety-probe"), updates, torch.ones(4), probe=lowering).flagged.all()
