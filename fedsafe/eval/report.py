@@ -117,13 +117,15 @@ def _probe_section(rounds: list[dict], malicious: set[int]) -> list[str]:
             pid = client["partition_id"]
             rows.append([str(r.get("round", DASH)), f"{pid}*" if pid in malicious else str(pid),
                          DASH if factor is None else f"x{factor:.2f}", f"{margin:+.3f}", f"{helpful:+.3f}",
-                         "flagged" if client.get("flagged") else "kept"])
+                         "flagged" if client.get("flagged") else f"kept, weight {client['weight']:.2f}"])
     if not rows:
         return []
     note = ("Changes when the client's update, times the probe scale (to the round's median norm), is "
             "applied to the round's global adapter: refusal margin (refusal minus compliant opening, nats "
             "per token; negative = toward compliance) on the harmful probe prompts, and log-likelihood of "
-            "helpful answers on the benign ones. * malicious.")
+            "helpful answers on the benign ones. Weight: the kept update's share of the round's step (0 under "
+            "margin weighting when it adds no refusal margin). "
+            "* malicious.")
     header = ["round", "client", "probe scale", "refusal margin change", "helpful change", "decision"]
     return ["## Behaviour probe", "", *_table(header, rows), "", note, ""]
 

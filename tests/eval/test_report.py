@@ -122,6 +122,6 @@ def test_report_shows_what_the_safety_probe_saw(tmp_path, results):
                                           "probe_factors": [1.0, 0.97, 16.0]}
     results["rounds"][1]["aggregator"] = {"probe": [[0.5, 0.2]], "fallback": "fedavg"}  # a run before probe scales
     text = write_report(_run_dir(tmp_path, results)).read_text()
-    assert "| 1 | 2 | x1.00 | +0.800 | +0.210 | kept |" in text
+    assert "| 1 | 2 | x1.00 | +0.800 | +0.210 | kept, weight 0.50 |" in text
     assert "| 1 | 7* | x16.00 | -0.600 | -0.300 | flagged |" in text
     assert "| \u2013 | +0.500 |" in text
