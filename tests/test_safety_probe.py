@@ -108,7 +108,7 @@ def test_nobody_passing_keeps_the_global_adapter():
     assert result.flagged.all() and not result.update.any() and not result.weights.any()
 
 
-@pytest.mark.parametrize("bad", [{"k": 0}, {"tolerance": -1}, {"probe_scale": "max-norm"}, {"weighting": "norm"},
+@pytest.mark.parametrize("bad", [{"k": 0}, {"tolerance": -1}, {"probe_scale": "max-norm"}, {"margin_weight": 1.5},
                                  {"fallback": "safety-probe"}, {"fallback": "nope"}])
 def test_bad_parameters_fail_loudly(bad):
     from fedsafe.defenses import get_aggregator
@@ -136,7 +136,7 @@ def test_a_shrunk_poisoned_update_is_judged_by_its_direction(probe_scale, caught
     updates = torch.tensor([[0.3, 1.0, 0.0], [0.2, 0.0, 1.0], [0.4, 0.7, 0.7], [-1.0, 0.2, 0.0]])
     updates[3] /= 30
     probe = lambda u: torch.stack([u @ safe, torch.zeros(len(u))], 1)  # noqa: E731
-    agg = get_aggregator("safety-probe", probe_scale=probe_scale, weighting="examples")
+    agg = get_aggregator("safety-probe", probe_scale=probe_scale, margin_weight=0.0)
     result = call_aggregator(agg, updates, torch.ones(4), probe=probe)
     assert result.flagged.tolist() == [False, False, False, caught]
     assert torch.allclose(result.update, updates[:3].mean(0) if caught else updates.mean(0))  # aggregated as sent
@@ -155,18 +155,18 @@ def test_capped_weights_stop_tiny_updates_diluting_the_step(cap_weights):
     assert float(result.update[0]) == pytest.approx(0.999 if cap_weights else 0.75, abs=1e-3)
 
 
-@pytest.mark.parametrize("weighting", ["examples", "margin"])
-def test_margin_weighting_leans_toward_the_updates_that_add_safety(weighting):
+@pytest.mark.parametrize("margin_weight, expected", [(0.0, [1 / 3] * 3), (1.0, [0.75, 0.25, 0.0]),
+                                                     (0.5, [1 / 6 + 0.375, 1 / 6 + 0.125, 1 / 6])])
+def test_margin_weight_leans_toward_the_updates_that_add_safety(margin_weight, expected):
     """Three kept updates adding refusal margin 0.3, 0.1 and 0 (the last passes the tolerance but
-    adds nothing): by examples they average evenly; by margin they weigh 3 : 1 : 0."""
+    adds nothing): by examples they share the step evenly, by margin 3 : 1 : 0; 0.5 mixes the two."""
     from fedsafe.defenses import call_aggregator, get_aggregator
 
     updates = torch.tensor([[0.3, 1.0], [0.1, -1.0], [0.0, 4.0]])
     probe = lambda u: torch.stack([u[:, 0], torch.zeros(len(u))], 1)  # noqa: E731
-    agg = get_aggregator("safety-probe", probe_scale="as-sent", weighting=weighting)
+    agg = get_aggregator("safety-probe", probe_scale="as-sent", margin_weight=margin_weight)
     result = call_aggregator(agg, updates, torch.ones(3), probe=probe)
     assert not result.flagged.any()
-    expected = [1 / 3] * 3 if weighting == "examples" else [0.75, 0.25, 0.0]
     assert result.weights.tolist() == pytest.approx(expected)
     assert torch.allclose(result.update, (torch.tensor(expected)[:, None] * updates).sum(0).float())
 

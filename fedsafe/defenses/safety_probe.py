@@ -9,10 +9,12 @@ rescaled to the round's median update norm (`probe_scale="median-norm"`): the pr
 direction at a common step size, so an attacker cannot pass by shrinking its update until the
 margin barely moves (the `probe-aware` attack). The update itself is aggregated as sent, by its
 weight, or with `cap_weights` by at most its norm's share of the median: a tiny update claiming
-a full share of data would otherwise shrink everyone's step (dilution). With `weighting="margin"`
-a kept update's weight is also multiplied by the refusal margin it adds (zero if it adds none),
-so each round leans toward the updates that make the model safer, and an update that passes
-with a margin near zero (an attacker hiding behind benign cover) counts for little. An update is flagged
+a full share of data would otherwise shrink everyone's step (dilution). `margin_weight` of the
+round's step is shared by the refusal margin each kept update adds (times its weight; nothing if
+it adds none), the rest by weight alone: the round leans toward the updates that make the model
+safer, and an update that passes with a margin near zero (an attacker hiding behind benign
+cover) counts for less. At 1 the step can go to a single client and over-refusal grows; at 0 it
+is the plain weighted average. An update is flagged
 when it lowers the margin by more than `tolerance` below zero, or below the round's median when
 even the median update lowers it (the global model has moved past what the clients' data
 supports, and an honest update pulls it back a little; the median counts down to -`tolerance`
@@ -30,7 +32,6 @@ from fedsafe.defenses.base import AggregationResult, call_aggregator
 from fedsafe.defenses.registry import get_aggregator, register
 
 PROBE_SCALES = ("median-norm", "as-sent")
-WEIGHTINGS = ("examples", "margin")
 
 
 def norm_ratios(updates: torch.Tensor) -> torch.Tensor:
@@ -50,14 +51,14 @@ class SafetyProbe:
     needs_probe = True  # the strategy passes probe(updates (n, d)) -> scores (n, 2)
 
     def __init__(self, k: float = 3.0, tolerance: float = 0.1, fallback: str = "fedavg", probe_size: int = 8,
-                 probe_scale: str = "median-norm", cap_weights: bool = False, weighting: str = "margin"):
+                 probe_scale: str = "median-norm", cap_weights: bool = False, margin_weight: float = 0.5):
         if k <= 0 or tolerance < 0 or probe_size < 1:
             raise ValueError("safety-probe needs k > 0, tolerance >= 0 and probe_size >= 1")
         if probe_scale not in PROBE_SCALES:
             raise ValueError(f"defense.safety-probe.probe-scale={probe_scale!r}: accepted {', '.join(PROBE_SCALES)}")
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"defense.safety-probe.weighting={weighting!r}: accepted {', '.join(WEIGHTINGS)}")
-        self.weighting = weighting
+        if not 0 <= margin_weight <= 1:
+            raise ValueError(f"defense.safety-probe.margin-weight={margin_weight!r}: accepted 0 to 1")
+        self.margin_weight = margin_weight
         self.k, self.tolerance, self.probe_size, self.probe_scale = k, tolerance, probe_size, probe_scale
         self.cap_weights = cap_weights
         self.fallback_name = fallback
@@ -83,9 +84,10 @@ class SafetyProbe:
                                      flagged=flagged, scores=refusal, info={**info, "all_flagged": True})
         if self.cap_weights:  # an update weighs no more than its size backs: tiny ones cannot dilute the step
             weights = weights * ratios.clamp(max=1.0)
-        gains = refusal.clamp(min=0).to(weights.dtype)  # (n,)
-        if self.weighting == "margin" and gains[kept].sum() > 0:  # lean toward the updates that add safety
-            weights = weights * gains
+        gained = weights * refusal.clamp(min=0).to(weights.dtype)  # (n,)
+        if self.margin_weight > 0 and gained[kept].sum() > 0:  # lean toward the updates that add safety
+            weights = ((1 - self.margin_weight) * weights / weights[kept].sum()
+                       + self.margin_weight * gained / gained[kept].sum())
         inner = call_aggregator(self.fallback, updates[kept], weights[kept])
         full = torch.zeros(len(refusal), dtype=torch.float64)
         full[kept] = inner.weights.double()

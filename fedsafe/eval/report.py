@@ -123,8 +123,8 @@ def _probe_section(rounds: list[dict], malicious: set[int]) -> list[str]:
     note = ("Changes when the client's update, times the probe scale (to the round's median norm), is "
             "applied to the round's global adapter: refusal margin (refusal minus compliant opening, nats "
             "per token; negative = toward compliance) on the harmful probe prompts, and log-likelihood of "
-            "helpful answers on the benign ones. Weight: the kept update's share of the round's step (0 under "
-            "margin weighting when it adds no refusal margin). "
+            "helpful answers on the benign ones. Weight: the kept update's share of the round's step, part of "
+            "which goes by the refusal margin it adds (defense.safety-probe.margin-weight). "
             "* malicious.")
     header = ["round", "client", "probe scale", "refusal margin change", "helpful change", "decision"]
     return ["## Behaviour probe", "", *_table(header, rows), "", note, ""]
