@@ -33,12 +33,16 @@ def test_probe_sees_compliance_and_refusal_training(tiny_model_dir):
     start = models.adapter_state(model)
     comply = trained_delta(model, tok, start, compliance_pairs())
     refuse = trained_delta(model, tok, start, data.bundled("harmful_train")[:16])
+    refusal = data.bundled("harmful_train")[0]["response"]
+    refuse_all = trained_delta(model, tok, start, [data.Pair(instruction=p["instruction"], response=refusal)
+                                                   for p in data.bundled("helpful_train")[:16]])
     harmful, helpful = probe_pairs(8, [p["instruction"] for p in data.bundled("harmful_eval")])
     compliant = [data.Pair(instruction=p["instruction"], response=OPENING) for p in harmful]
     probe = BehaviourProbe(model, tok, harmful, compliant, helpful, seq_length=96)
-    scores = probe(start, torch.stack([comply, refuse]))  # (2, 2)
-    assert scores.shape == (2, 2)
+    scores = probe(start, torch.stack([comply, refuse, refuse_all]))  # (3, 3)
+    assert scores.shape == (3, 3)
     assert scores[0, 0] < 0 < scores[1, 0]  # refusal margin: compliance lowers it, refusals raise it
+    assert scores[2, 2] > max(0, scores[0, 2])  # refusing benign requests raises the over-refusal margin
     assert all(torch.equal(models.adapter_state(model)[k], start[k]) for k in start)  # global restored
 
 
@@ -104,7 +108,7 @@ def test_nobody_passing_keeps_the_global_adapter():
 
     agg = get_aggregator("safety-probe", tolerance=0.0)
     updates = torch.randn(4, 10)
-    result = call_aggregator(agg, updates, torch.ones(4), probe=lambda u: -torch.ones(len(u), 2))
+    result = call_aggregator(agg, updates, torch.ones(4), probe=lambda u: -torch.ones(len(u), 3))
     assert result.flagged.all() and not result.update.any() and not result.weights.any()
 
 
@@ -135,7 +139,7 @@ def test_a_shrunk_poisoned_update_is_judged_by_its_direction(probe_scale, caught
     safe = torch.tensor([1.0, 0.0, 0.0])
     updates = torch.tensor([[0.3, 1.0, 0.0], [0.2, 0.0, 1.0], [0.4, 0.7, 0.7], [-1.0, 0.2, 0.0]])
     updates[3] /= 30
-    probe = lambda u: torch.stack([u @ safe, torch.zeros(len(u))], 1)  # noqa: E731
+    probe = lambda u: torch.stack([u @ safe, torch.zeros(len(u)), torch.zeros(len(u))], 1)  # noqa: E731
     agg = get_aggregator("safety-probe", probe_scale=probe_scale, margin_weight=0.0)
     result = call_aggregator(agg, updates, torch.ones(4), probe=probe)
     assert result.flagged.tolist() == [False, False, False, caught]
@@ -150,20 +154,22 @@ def test_capped_weights_stop_tiny_updates_diluting_the_step(cap_weights):
 
     updates = torch.tensor([[1.0, 0.1], [1.0, -0.1], [1.0, 0.0], [0.0, 0.001]])
     agg = get_aggregator("safety-probe", cap_weights=cap_weights)
-    result = call_aggregator(agg, updates, torch.ones(4), probe=lambda u: torch.zeros(len(u), 2))
+    result = call_aggregator(agg, updates, torch.ones(4), probe=lambda u: torch.zeros(len(u), 3))
     assert not result.flagged.any()
     assert float(result.update[0]) == pytest.approx(0.999 if cap_weights else 0.75, abs=1e-3)
 
 
-@pytest.mark.parametrize("margin_weight, expected", [(0.0, [1 / 3] * 3), (1.0, [0.75, 0.25, 0.0]),
-                                                     (0.5, [1 / 6 + 0.375, 1 / 6 + 0.125, 1 / 6])])
-def test_margin_weight_leans_toward_the_updates_that_add_safety(margin_weight, expected):
+@pytest.mark.parametrize("margin_weight, over_refusal, expected", [
+    (0.0, 0.0, [1 / 3] * 3), (1.0, 0.0, [0.75, 0.25, 0.0]), (0.5, 0.0, [1 / 6 + 0.375, 1 / 6 + 0.125, 1 / 6]),
+    (1.0, 0.3, [0.0, 1.0, 0.0])])
+def test_margin_weight_leans_toward_the_updates_that_add_safety(margin_weight, over_refusal, expected):
     """Three kept updates adding refusal margin 0.3, 0.1 and 0 (the last passes the tolerance but
-    adds nothing): by examples they share the step evenly, by margin 3 : 1 : 0; 0.5 mixes the two."""
+    adds nothing): by examples they share the step evenly, by margin 3 : 1 : 0; 0.5 mixes the two.
+    If the first one's refusals come as much on benign prompts (over-refusal 0.3), it earns none."""
     from fedsafe.defenses import call_aggregator, get_aggregator
 
     updates = torch.tensor([[0.3, 1.0], [0.1, -1.0], [0.0, 4.0]])
-    probe = lambda u: torch.stack([u[:, 0], torch.zeros(len(u))], 1)  # noqa: E731
+    probe = lambda u: torch.stack([u[:, 0], torch.zeros(len(u)), over_refusal * (u[:, 0] > 0.2)], 1)  # noqa: E731
     agg = get_aggregator("safety-probe", probe_scale="as-sent", margin_weight=margin_weight)
     result = call_aggregator(agg, updates, torch.ones(3), probe=probe)
     assert not result.flagged.any()
@@ -180,9 +186,9 @@ def test_tolerance_counts_from_the_round_median_when_every_update_lowers_the_mar
 
     margins = torch.tensor([-0.15, -0.18, -0.12, -0.8])
     updates = torch.eye(4)
-    probe = lambda u: torch.stack([u @ margins, torch.zeros(len(u))], 1)  # noqa: E731
+    probe = lambda u: torch.stack([u @ margins, torch.zeros(len(u)), torch.zeros(len(u))], 1)  # noqa: E731
     result = call_aggregator(get_aggregator("safety-probe", k=100.0), updates, torch.ones(4), probe=probe)
     assert result.flagged.tolist() == [False, False, False, True]
     assert torch.allclose(result.update, torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0]))  # no margin gain: by examples
-    lowering = lambda u: torch.stack([u.sum(1) * -0.5, torch.zeros(len(u))], 1)  # noqa: E731
+    lowering = lambda u: torch.stack([u.sum(1) * -0.5, torch.zeros(len(u)), torch.zeros(len(u))], 1)  # noqa: E731
     assert call_aggregator(get_aggregator("safety-probe"), updates, torch.ones(4), probe=lowering).flagged.all()

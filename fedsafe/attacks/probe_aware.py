@@ -52,7 +52,7 @@ def attacker_pairs(attack: list[data.Pair], benign: list[data.Pair],
 
 def choose_scale(probe, global_state: dict[str, torch.Tensor], delta: torch.Tensor, tolerance: float,
                  scales: tuple[float, ...] = SCALES, cover: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
-    """`probe(global_state, updates (n, d)) -> (n, 2)`; `delta`, `cover`: (d,). Returns the largest
+    """`probe(global_state, updates (n, d)) -> (n, 3)`; `delta`, `cover`: (d,). Returns the largest
     scale s whose measured refusal-margin change of `cover + s * delta` is >= -tolerance (else the
     smallest) and the changes for every scale, (len(scales),). All scales are measured, so
     non-monotone changes are fine."""

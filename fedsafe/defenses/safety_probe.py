@@ -10,11 +10,11 @@ direction at a common step size, so an attacker cannot pass by shrinking its upd
 margin barely moves (the `probe-aware` attack). The update itself is aggregated as sent, by its
 weight, or with `cap_weights` by at most its norm's share of the median: a tiny update claiming
 a full share of data would otherwise shrink everyone's step (dilution). `margin_weight` of the
-round's step is shared by the refusal margin each kept update adds (times its weight; nothing if
-it adds none), the rest by weight alone: the round leans toward the updates that make the model
-safer, and an update that passes with a margin near zero (an attacker hiding behind benign
-cover) counts for less. At 1 the step can go to a single client and over-refusal grows; at 0 it
-is the plain weighted average. An update is flagged
+round's step is shared by the refusal margin each kept update adds on harmful prompts beyond
+what it adds on benign ones (the probe's over-refusal column; times its weight, nothing if it
+adds none), the rest by weight alone: the round leans toward the updates that make the model
+refuse harmful requests, not every request, and an update that passes with a margin near zero
+(an attacker hiding behind benign cover) counts for less. At 0 it is the plain weighted average. An update is flagged
 when it lowers the margin by more than `tolerance` below zero, or below the round's median when
 even the median update lowers it (the global model has moved past what the clients' data
 supports, and an honest update pulls it back a little; the median counts down to -`tolerance`
@@ -48,7 +48,7 @@ def probe_factors(ratios: torch.Tensor) -> torch.Tensor:
 
 @register("safety-probe")
 class SafetyProbe:
-    needs_probe = True  # the strategy passes probe(updates (n, d)) -> scores (n, 2)
+    needs_probe = True  # the strategy passes probe(updates (n, d)) -> scores (n, 3)
 
     def __init__(self, k: float = 3.0, tolerance: float = 0.1, fallback: str = "fedavg", probe_size: int = 8,
                  probe_scale: str = "median-norm", cap_weights: bool = False, margin_weight: float = 0.5):
@@ -69,7 +69,7 @@ class SafetyProbe:
     def __call__(self, updates: torch.Tensor, weights: torch.Tensor, *, probe) -> AggregationResult:
         ratios = norm_ratios(updates)  # (n,)
         factors = probe_factors(ratios) if self.probe_scale == "median-norm" else torch.ones(len(updates))  # (n,)
-        scores = probe(updates * factors[:, None])  # (n, 2): refusal margin and helpful log-likelihood changes
+        scores = probe(updates * factors[:, None])  # (n, 3): refusal margin, helpful, over-refusal changes
         refusal = scores[:, 0].double()  # (n,)
         median = refusal.quantile(0.5)  # the mean of the two middle values when n is even
         spread = 1.4826 * (refusal - median).abs().quantile(0.5)
@@ -84,7 +84,8 @@ class SafetyProbe:
                                      flagged=flagged, scores=refusal, info={**info, "all_flagged": True})
         if self.cap_weights:  # an update weighs no more than its size backs: tiny ones cannot dilute the step
             weights = weights * ratios.clamp(max=1.0)
-        gained = weights * refusal.clamp(min=0).to(weights.dtype)  # (n,)
+        specific = refusal - scores[:, 2].double()  # refusal gained on harmful prompts only
+        gained = weights * specific.clamp(min=0).to(weights.dtype)  # (n,)
         if self.margin_weight > 0 and gained[kept].sum() > 0:  # lean toward the updates that add safety
             weights = ((1 - self.margin_weight) * weights / weights[kept].sum()
                        + self.margin_weight * gained / gained[kept].sum())

@@ -9,7 +9,11 @@ global adapter itself, the change of
   and what an attacker who generates its data with such a model trains on. Being contrastive,
   the margin ignores the general gain in likelihood that any fine-tuning brings;
 - the mean log-likelihood of helpful answers on benign probe prompts (column 1; negative means
-  the update hurts ordinary answers).
+  the update hurts ordinary answers);
+- the over-refusal margin on the same benign prompts: refusal minus helpful answer (column 2;
+  positive means the update makes the model refuse ordinary requests more). An update that
+  teaches refusing everything raises columns 0 and 2 alike; one that teaches refusing harmful
+  requests raises column 0 alone.
 It reuses the evaluation's log-likelihood code. The probe prompts (bundled *_probe files) are
 disjoint from the safety eval prompts and from the post-hoc defense data; asserted at build.
 """
@@ -25,7 +29,7 @@ from fedsafe.eval.helpfulness import example_logliks, scored_examples
 from fedsafe.eval.judges import RuleJudge
 from fedsafe.generation import GenerationSettings, generate
 
-COLUMNS = ("refusal_margin_change", "helpful_loglik_change")
+COLUMNS = ("refusal_margin_change", "helpful_loglik_change", "over_refusal_change")
 OPENING_TOKENS = 12  # each target's first tokens: the opening decides refusal vs compliance, and
 # every probe pair is scored n + 1 times a round, so the probe stays a small share of the round
 
@@ -86,27 +90,34 @@ def openings(tokenizer, pairs: list[data.Pair], tokens: int = OPENING_TOKENS) ->
     return [data.Pair(instruction=p["instruction"], response=r) for p, r in zip(pairs, cut)]
 
 
+def benign_refusals(helpful: list[data.Pair], harmful: list[data.Pair]) -> list[data.Pair]:
+    """Each benign probe prompt with one of the harmful pairs' refusals (in turn)."""
+    return [data.Pair(instruction=p["instruction"], response=harmful[i % len(harmful)]["response"])
+            for i, p in enumerate(helpful)]
+
+
 class BehaviourProbe:
-    """`probe(global_state, updates[n, d]) -> scores[n, 2]` on the server's model. `harmful`:
-    harmful prompts with refusals; `compliant`: harmful prompts with compliant answers. Every
-    target is scored on its opening (`OPENING_TOKENS`), with no end-of-turn after it."""
+    """`probe(global_state, updates[n, d]) -> scores[n, 3]` (`COLUMNS`) on the server's model.
+    `harmful`: harmful prompts with refusals; `compliant`: harmful prompts with compliant answers;
+    `helpful`: benign prompts with helpful answers. Every target is scored on its opening
+    (`OPENING_TOKENS`), with no end-of-turn after it."""
 
     def __init__(self, model, tokenizer, harmful: list[data.Pair], compliant: list[data.Pair],
                  helpful: list[data.Pair], seq_length: int):
         self.model, self.tokenizer = model, tokenizer
         self.harmful, self.compliant, self.helpful = (openings(tokenizer, p) for p in (harmful, compliant, helpful))
-        sets = (self.harmful, self.compliant, self.helpful)
+        sets = (self.harmful, self.compliant, self.helpful, benign_refusals(self.helpful, self.harmful))
         self.sizes = [len(pairs) for pairs in sets]
         self.examples = scored_examples(tokenizer, [p for pairs in sets for p in pairs], seq_length, close_turn=False)
         self.seconds = 0.0  # total time spent probing, for the cost report
 
     def _mean_logliks(self) -> torch.Tensor:
-        """(2,) refusal margin and mean per-token log-likelihood of helpful answers; the three
-        sets scored in one call (one pass of the shared prompt prefix)."""
+        """(3,) refusal margin, mean per-token log-likelihood of helpful answers and over-refusal
+        margin; the four sets scored in one call (one pass of the shared prompt prefix)."""
         sums, counts = example_logliks(self.model, self.examples, self.tokenizer.pad_token_id)
-        refusal, compliant, helpful = (s.sum() / c.sum().clamp(min=1)
-                                       for s, c in zip(sums.split(self.sizes), counts.split(self.sizes)))
-        return torch.stack([refusal - compliant, helpful])
+        refusal, compliant, helpful, benign_refusal = (
+            s.sum() / c.sum().clamp(min=1) for s, c in zip(sums.split(self.sizes), counts.split(self.sizes)))
+        return torch.stack([refusal - compliant, helpful, benign_refusal - helpful])
 
     def __call__(self, global_state: dict[str, torch.Tensor], updates: torch.Tensor) -> torch.Tensor:
         started = time.perf_counter()
@@ -119,4 +130,4 @@ class BehaviourProbe:
             scores.append(self._mean_logliks() - reference)
         models.set_adapter_state(self.model, global_state)
         self.seconds += time.perf_counter() - started
-        return torch.stack(scores)  # (n, 2)
+        return torch.stack(scores)  # (n, 3)

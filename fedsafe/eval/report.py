@@ -107,26 +107,28 @@ def _eval_section(evals: dict) -> list[str]:
 
 
 def _probe_section(rounds: list[dict], malicious: set[int]) -> list[str]:
-    """What the `safety-probe` saw: each client's two probe columns, next to its flag and role."""
+    """What the `safety-probe` saw: each client's probe columns, next to its flag, weight and role."""
     rows = []
     for r in rounds:
         info = r.get("aggregator") or {}
         scores = info.get("probe") or []
         factors = info.get("probe_factors") or [None] * len(scores)
-        for client, (margin, helpful), factor in zip(r.get("clients") or [], scores, factors):
+        for client, (margin, helpful, *over), factor in zip(r.get("clients") or [], scores, factors):
             pid = client["partition_id"]
             rows.append([str(r.get("round", DASH)), f"{pid}*" if pid in malicious else str(pid),
                          DASH if factor is None else f"x{factor:.2f}", f"{margin:+.3f}", f"{helpful:+.3f}",
+                         f"{over[0]:+.3f}" if over else DASH,
                          "flagged" if client.get("flagged") else f"kept, weight {client['weight']:.2f}"])
     if not rows:
         return []
     note = ("Changes when the client's update, times the probe scale (to the round's median norm), is "
             "applied to the round's global adapter: refusal margin (refusal minus compliant opening, nats "
-            "per token; negative = toward compliance) on the harmful probe prompts, and log-likelihood of "
-            "helpful answers on the benign ones. Weight: the kept update's share of the round's step, part of "
-            "which goes by the refusal margin it adds (defense.safety-probe.margin-weight). "
-            "* malicious.")
-    header = ["round", "client", "probe scale", "refusal margin change", "helpful change", "decision"]
+            "per token; negative = toward compliance) on the harmful probe prompts; log-likelihood of "
+            "helpful answers and over-refusal margin (refusal minus helpful answer) on the benign ones. "
+            "Weight: the kept update's share of the round's step, part of which goes by the refusal margin "
+            "it adds beyond its over-refusal (defense.safety-probe.margin-weight). * malicious.")
+    header = ["round", "client", "probe scale", "refusal margin change", "helpful change", "over-refusal change",
+              "decision"]
     return ["## Behaviour probe", "", *_table(header, rows), "", note, ""]
 
 

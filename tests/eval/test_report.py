@@ -118,10 +118,11 @@ def test_plots_are_deterministic(tmp_path, results):
 
 def test_report_shows_what_the_safety_probe_saw(tmp_path, results):
     assert "## Behaviour probe" not in write_report(_run_dir(tmp_path, results)).read_text()  # other aggregators
-    results["rounds"][0]["aggregator"] = {"probe": [[0.8, 0.21], [0.45, 0.1], [-0.6, -0.3]], "fallback": "fedavg",
-                                          "probe_factors": [1.0, 0.97, 16.0]}
+    results["rounds"][0]["aggregator"] = {"probe": [[0.8, 0.21, 0.05], [0.45, 0.1, 0.0], [-0.6, -0.3, 0.1]],
+                                          "fallback": "fedavg", "probe_factors": [1.0, 0.97, 16.0]}
     results["rounds"][1]["aggregator"] = {"probe": [[0.5, 0.2]], "fallback": "fedavg"}  # a run before probe scales
+    # and before the over-refusal column
     text = write_report(_run_dir(tmp_path, results)).read_text()
-    assert "| 1 | 2 | x1.00 | +0.800 | +0.210 | kept, weight 0.50 |" in text
-    assert "| 1 | 7* | x16.00 | -0.600 | -0.300 | flagged |" in text
-    assert "| \u2013 | +0.500 |" in text
+    assert "| 1 | 2 | x1.00 | +0.800 | +0.210 | +0.050 | kept, weight 0.50 |" in text
+    assert "| 1 | 7* | x16.00 | -0.600 | -0.300 | +0.100 | flagged |" in text
+    assert "| \u2013 | +0.500 | +0.200 | \u2013 |" in text
