@@ -51,7 +51,7 @@ class SafetyProbe:
     needs_probe = True  # the strategy passes probe(updates (n, d)) -> scores (n, 3)
 
     def __init__(self, k: float = 3.0, tolerance: float = 0.1, fallback: str = "fedavg", probe_size: int = 8,
-                 probe_scale: str = "median-norm", cap_weights: bool = False, margin_weight: float = 0.5):
+                 probe_scale: str = "median-norm", cap_weights: bool = False, margin_weight: float = 0.0):
         if k <= 0 or tolerance < 0 or probe_size < 1:
             raise ValueError("safety-probe needs k > 0, tolerance >= 0 and probe_size >= 1")
         if probe_scale not in PROBE_SCALES:
