@@ -14,14 +14,14 @@ round's step is shared by the refusal margin each kept update adds on harmful pr
 what it adds on benign ones (the probe's over-refusal column; times its weight, nothing if it
 adds none), the rest by weight alone: the round leans toward the updates that make the model
 refuse harmful requests, not every request, and an update that passes with a margin near zero
-(an attacker hiding behind benign cover) counts for less. At 0 it is the plain weighted average. An update is flagged
-when it lowers the margin by more than `tolerance` below zero, or below the round's median when
-even the median update lowers it (the global model has moved past what the clients' data
-supports, and an honest update pulls it back a little; the median counts down to -`tolerance`
-at most, so a round whose every update lowers the margin a lot is still flagged), or lies
-more than `k` robust standard
-deviations (1.4826 * MAD) below the round's median. The kept updates go to the `fallback`
-aggregator. The aggregator sees only tensors and a callable: no model, no Flower.
+(an attacker hiding behind benign cover) counts for less. At 0 (default) it is the plain
+weighted average. An update is flagged when it lowers the margin by more than `tolerance` below
+zero, or below the round's median when even the median update lowers it (the global model has
+moved past what the clients' data supports, and an honest update pulls it back a little; the
+median counts down to -`tolerance` at most, so a round whose every update lowers the margin a
+lot is still flagged), or lies more than `k` robust standard deviations (1.4826 * MAD) below
+the round's median. The kept updates go to the `fallback` aggregator. The aggregator sees
+only tensors and a callable: no model, no Flower.
 """
 
 from __future__ import annotations
