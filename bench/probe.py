@@ -29,7 +29,7 @@ from common import machine, report  # noqa: E402
 
 from fedsafe import config, data, models  # noqa: E402
 from fedsafe.eval.helpfulness import pair_logliks  # noqa: E402
-from fedsafe.eval.probe import BehaviourProbe, compliant_pairs, probe_pairs  # noqa: E402
+from fedsafe.eval.probe import BehaviourProbe, benign_refusals, compliant_pairs, probe_pairs  # noqa: E402
 from fedsafe.training import response_nll  # noqa: E402
 
 
@@ -66,7 +66,8 @@ def main() -> None:
     torch.manual_seed(0)
     flat = models.flatten(initial)
     updates = torch.randn(args.updates, flat.numel()) * (4.0 / flat.numel() ** 0.5)  # norm ~4, a round-1 client's
-    sets = (probe.harmful, probe.compliant, probe.helpful)  # the targets' openings, as the probe scores them
+    sets = (probe.harmful, probe.compliant, probe.helpful,  # the targets' openings, as the probe scores them
+            benign_refusals(probe.helpful, probe.harmful))
     tokens = sum(len(e["input_ids"]) for e in probe.examples)
 
     def score_all(scorer) -> torch.Tensor:
