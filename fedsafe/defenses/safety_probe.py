@@ -46,6 +46,16 @@ def probe_factors(ratios: torch.Tensor) -> torch.Tensor:
     return torch.where(ratios > 0, 1 / ratios.clamp(min=1e-12), torch.ones_like(ratios))
 
 
+def lean_toward_safety(weights: torch.Tensor, specific: torch.Tensor, kept: torch.Tensor, share: float) -> torch.Tensor:
+    """(n,) `share` of the kept updates' step by weight times `specific` (the refusal margin each
+    adds beyond its over-refusal, none if negative), the rest by weight; unchanged when no kept
+    update adds any."""
+    gained = weights * specific.clamp(min=0).to(weights.dtype)  # (n,)
+    if gained[kept].sum() <= 0:
+        return weights
+    return (1 - share) * weights / weights[kept].sum() + share * gained / gained[kept].sum()
+
+
 @register("safety-probe")
 class SafetyProbe:
     needs_probe = True  # the strategy passes probe(updates (n, d)) -> scores (n, 3)
@@ -84,11 +94,8 @@ class SafetyProbe:
                                      flagged=flagged, scores=refusal, info={**info, "all_flagged": True})
         if self.cap_weights:  # an update weighs no more than its size backs: tiny ones cannot dilute the step
             weights = weights * ratios.clamp(max=1.0)
-        specific = refusal - scores[:, 2].double()  # refusal gained on harmful prompts only
-        gained = weights * specific.clamp(min=0).to(weights.dtype)  # (n,)
-        if self.margin_weight > 0 and gained[kept].sum() > 0:  # lean toward the updates that add safety
-            weights = ((1 - self.margin_weight) * weights / weights[kept].sum()
-                       + self.margin_weight * gained / gained[kept].sum())
+        if self.margin_weight > 0:
+            weights = lean_toward_safety(weights, refusal - scores[:, 2].double(), kept, self.margin_weight)
         inner = call_aggregator(self.fallback, updates[kept], weights[kept])
         full = torch.zeros(len(refusal), dtype=torch.float64)
         full[kept] = inner.weights.double()
