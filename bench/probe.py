@@ -29,7 +29,7 @@ from common import machine, report  # noqa: E402
 
 from fedsafe import config, data, models  # noqa: E402
 from fedsafe.eval.helpfulness import pair_logliks  # noqa: E402
-from fedsafe.eval.probe import BehaviourProbe, benign_refusals, compliant_pairs, probe_pairs  # noqa: E402
+from fedsafe.eval.probe import BehaviourProbe, compliant_pairs, probe_pairs  # noqa: E402
 from fedsafe.training import response_nll  # noqa: E402
 
 
@@ -66,8 +66,6 @@ def main() -> None:
     torch.manual_seed(0)
     flat = models.flatten(initial)
     updates = torch.randn(args.updates, flat.numel()) * (4.0 / flat.numel() ** 0.5)  # norm ~4, a round-1 client's
-    sets = (probe.harmful, probe.compliant, probe.helpful,  # the targets' openings, as the probe scores them
-            benign_refusals(probe.helpful, probe.harmful))
     tokens = sum(len(e["input_ids"]) for e in probe.examples)
 
     def score_all(scorer) -> torch.Tensor:
@@ -76,7 +74,7 @@ def main() -> None:
         for delta in [torch.zeros_like(flat), *updates]:
             models.set_adapter_state(model, models.unflatten(flat + delta, initial))
             out.append(torch.cat([scorer(model, tokenizer, pairs, settings.train.seq_length, close_turn=False)[0]
-                                  for pairs in sets]))
+                                  for pairs in probe.sets]))
         return torch.stack(out)
 
     seconds, sums = {}, {}

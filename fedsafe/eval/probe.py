@@ -105,10 +105,11 @@ class BehaviourProbe:
     def __init__(self, model, tokenizer, harmful: list[data.Pair], compliant: list[data.Pair],
                  helpful: list[data.Pair], seq_length: int):
         self.model, self.tokenizer = model, tokenizer
-        self.harmful, self.compliant, self.helpful = (openings(tokenizer, p) for p in (harmful, compliant, helpful))
-        sets = (self.harmful, self.compliant, self.helpful, benign_refusals(self.helpful, self.harmful))
-        self.sizes = [len(pairs) for pairs in sets]
-        self.examples = scored_examples(tokenizer, [p for pairs in sets for p in pairs], seq_length, close_turn=False)
+        harmful, compliant, helpful = (openings(tokenizer, p) for p in (harmful, compliant, helpful))
+        self.sets = (harmful, compliant, helpful, benign_refusals(helpful, harmful))  # as scored, in this order
+        self.sizes = [len(pairs) for pairs in self.sets]
+        self.examples = scored_examples(tokenizer, [p for pairs in self.sets for p in pairs], seq_length,
+                                        close_turn=False)
         self.seconds = 0.0  # total time spent probing, for the cost report
 
     def _mean_logliks(self) -> torch.Tensor:
