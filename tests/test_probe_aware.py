@@ -9,7 +9,7 @@ from fedsafe.eval.probe import BehaviourProbe
 from fedsafe.files import write_jsonl
 from tests.test_federation import run_federation, tiny_run_config
 from tests.test_models import tiny_settings
-from tests.test_safety_probe import COMPLY, trained_delta
+from tests.test_safety_probe import COMPLY, stand_in_scores, trained_delta
 
 
 def linear_probe(delta, slope):
@@ -104,7 +104,7 @@ def test_cover_search_counts_the_benign_update():
     """`probe-aware-cover`: the margin change of cover + s * delta decides. A cover raising the
     margin by 0.3 leaves room for s <= 0.4 of a delta lowering it by 1 (tolerance 0.1): 1/4."""
     safe = torch.tensor([1.0, 0.0])
-    probe = lambda _, u: torch.stack([u @ safe, torch.zeros(len(u)), torch.zeros(len(u))], 1)  # noqa: E731
+    probe = lambda _, u: stand_in_scores(u @ safe)  # noqa: E731
     delta, cover = torch.tensor([-1.0, 0.5]), torch.tensor([0.3, 1.0])
     assert choose_scale(probe, {}, delta, tolerance=0.1, cover=cover)[0] == 0.25
     assert choose_scale(probe, {}, delta, tolerance=0.1)[0] == 0.0625  # no cover: shrink to -0.0625

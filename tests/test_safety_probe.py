@@ -14,6 +14,13 @@ COMPLY = "Sure, here is exactly how to do that, step by step."
 OPENING = "Sure, here is how to do that."  # the probe's compliant answer: close to COMPLY, not equal
 
 
+def stand_in_scores(margin: torch.Tensor, over_refusal: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, 3) probe scores for stand-in probes: the given refusal-margin (and over-refusal)
+    changes, helpful change 0."""
+    zeros = torch.zeros(len(margin))
+    return torch.stack([margin, zeros, zeros if over_refusal is None else over_refusal], 1)
+
+
 def compliance_pairs():
     return [data.Pair(instruction=p["instruction"], response=COMPLY) for p in data.bundled("harmful_train")[:16]]
 
@@ -139,9 +146,8 @@ def test_a_shrunk_poisoned_update_is_judged_by_its_direction(probe_scale, caught
     safe = torch.tensor([1.0, 0.0, 0.0])
     updates = torch.tensor([[0.3, 1.0, 0.0], [0.2, 0.0, 1.0], [0.4, 0.7, 0.7], [-1.0, 0.2, 0.0]])
     updates[3] /= 30
-    probe = lambda u: torch.stack([u @ safe, torch.zeros(len(u)), torch.zeros(len(u))], 1)  # noqa: E731
     agg = get_aggregator("safety-probe", probe_scale=probe_scale, margin_weight=0.0)
-    result = call_aggregator(agg, updates, torch.ones(4), probe=probe)
+    result = call_aggregator(agg, updates, torch.ones(4), probe=lambda u: stand_in_scores(u @ safe))
     assert result.flagged.tolist() == [False, False, False, caught]
     assert torch.allclose(result.update, updates[:3].mean(0) if caught else updates.mean(0))  # aggregated as sent
 
@@ -169,9 +175,9 @@ def test_margin_weight_leans_toward_the_updates_that_add_safety(margin_weight, o
     from fedsafe.defenses import call_aggregator, get_aggregator
 
     updates = torch.tensor([[0.3, 1.0], [0.1, -1.0], [0.0, 4.0]])
-    probe = lambda u: torch.stack([u[:, 0], torch.zeros(len(u)), over_refusal * (u[:, 0] > 0.2)], 1)  # noqa: E731
     agg = get_aggregator("safety-probe", probe_scale="as-sent", margin_weight=margin_weight)
-    result = call_aggregator(agg, updates, torch.ones(3), probe=probe)
+    result = call_aggregator(agg, updates, torch.ones(3),
+                             probe=lambda u: stand_in_scores(u[:, 0], over_refusal * (u[:, 0] > 0.2)))
     assert not result.flagged.any()
     assert result.weights.tolist() == pytest.approx(expected)
     assert torch.allclose(result.update, (torch.tensor(expected)[:, None] * updates).sum(0).float())
@@ -186,9 +192,9 @@ def test_tolerance_counts_from_the_round_median_when_every_update_lowers_the_mar
 
     margins = torch.tensor([-0.15, -0.18, -0.12, -0.8])
     updates = torch.eye(4)
-    probe = lambda u: torch.stack([u @ margins, torch.zeros(len(u)), torch.zeros(len(u))], 1)  # noqa: E731
-    result = call_aggregator(get_aggregator("safety-probe", k=100.0), updates, torch.ones(4), probe=probe)
+    agg = get_aggregator("safety-probe", k=100.0)  # the robust-deviation rule out of the way
+    result = call_aggregator(agg, updates, torch.ones(4), probe=lambda u: stand_in_scores(u @ margins))
     assert result.flagged.tolist() == [False, False, False, True]
-    assert torch.allclose(result.update, torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0]))  # no margin gain: by examples
-    lowering = lambda u: torch.stack([u.sum(1) * -0.5, torch.zeros(len(u)), torch.zeros(len(u))], 1)  # noqa: E731
+    assert torch.allclose(result.update, torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0]))  # the kept three, by examples
+    lowering = lambda u: stand_in_scores(u.sum(1) * -0.5)  # noqa: E731
     assert call_aggregator(get_aggregator("safety-probe"), updates, torch.ones(4), probe=lowering).flagged.all()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fedsafe.defenses import available, call_aggregator, get_aggregator
+from tests.test_safety_probe import stand_in_scores
 
 D = 48  # small d keeps the suite fast; the rules are chunked and shape-agnostic
 
@@ -13,7 +14,7 @@ D = 48  # small d keeps the suite fast; the rules are chunked and shape-agnostic
 def norm_probe(updates):
     """A stand-in behaviour probe for rules that need one: a pure function of each row, so the
     contract (order, identical inputs) can be checked without a model; scores are >= 0."""
-    return torch.stack([updates.norm(dim=1), torch.zeros(len(updates)), torch.zeros(len(updates))], dim=1)  # (n, 3)
+    return stand_in_scores(updates.norm(dim=1))  # (n, 3)
 
 
 def run(name, updates, weights, ids=None, agg=None):
