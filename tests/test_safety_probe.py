@@ -169,12 +169,13 @@ def test_capped_weights_stop_tiny_updates_diluting_the_step(cap_weights):
     (0.0, 0.0, [1 / 3] * 3), (1.0, 0.0, [0.75, 0.25, 0.0]), (0.5, 0.0, [1 / 6 + 0.375, 1 / 6 + 0.125, 1 / 6]),
     (1.0, 0.3, [0.0, 1.0, 0.0])])
 def test_margin_weight_leans_toward_the_updates_that_add_safety(margin_weight, over_refusal, expected):
-    """Three kept updates adding refusal margin 0.3, 0.1 and 0 (the last passes the tolerance but
-    adds nothing): by examples they share the step evenly, by margin 3 : 1 : 0; 0.5 mixes the two.
+    """Three kept updates changing the refusal margin by 0.3, 0.1 and -0.05 (the last passes the
+    tolerance but adds nothing): by examples they share the step evenly, by margin 3 : 1 : 0; 0.5
+    mixes the two.
     If the first one's refusals come as much on benign prompts (over-refusal 0.3), it earns none."""
     from fedsafe.defenses import call_aggregator, get_aggregator
 
-    updates = torch.tensor([[0.3, 1.0], [0.1, -1.0], [0.0, 4.0]])
+    updates = torch.tensor([[0.3, 1.0], [0.1, -1.0], [-0.05, 4.0]])
     agg = get_aggregator("safety-probe", probe_scale="as-sent", margin_weight=margin_weight)
     result = call_aggregator(agg, updates, torch.ones(3),
                              probe=lambda u: stand_in_scores(u[:, 0], over_refusal * (u[:, 0] > 0.2)))
