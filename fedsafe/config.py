@@ -160,8 +160,6 @@ KEYS: dict[str, Key] = {
     "defense.aggregator": Key(str, "fedavg", None, "registered name or 'package.module:attr'"),
     "defense.dp.noise-multiplier": Key(float, 0.0, _non_negative, "0 = no DP"),
     "defense.dp.clipping-norm": Key(float, 1.0, _positive),
-    "defense.block-after": Key(int, 0, _non_negative, "stop sampling a client the aggregator has flagged this "
-                               "many times; 0 = never"),
     "posthoc.enabled": Key(bool, True),
     "posthoc.level": Key(str, "L1", _choice(*LEVELS)),
     "posthoc.generator": Key(str, "base", _model_source, "aligned model for L2"),
@@ -260,7 +258,6 @@ class DefenseSettings:
     params: dict[str, Any] = field(hash=False)  # snake_case constructor params for the aggregator
     dp_noise_multiplier: float = 0.0
     dp_clipping_norm: float = 1.0
-    block_after: int = 0
 
 
 @dataclass(frozen=True)
@@ -400,7 +397,6 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
             aggregator=aggregator, params=params,
             dp_noise_multiplier=flat["defense.dp.noise-multiplier"],
             dp_clipping_norm=flat["defense.dp.clipping-norm"],
-            block_after=flat["defense.block-after"],
         ),
         posthoc=PosthocSettings(**{**_section(flat, "posthoc."),
                                    "lr": flat["posthoc.lr"] or POSTHOC_LR[flat["posthoc.level"]]}),

@@ -22,7 +22,6 @@ from flwr.serverapp.strategy import FedAvg
 from fedsafe import models
 from fedsafe.config import Settings
 from fedsafe.defenses import call_aggregator
-from fedsafe.defenses.blocklist import blocked_partitions
 from fedsafe.defenses.detection import detection_metrics
 from fedsafe.defenses.replies import ClientUpdate, InvalidReply, check_reply
 from fedsafe.results import Recorder
@@ -65,7 +64,6 @@ class RobustStrategy(FedAvg):
         self.offset = first_round - 1  # a resumed run continues the round numbering
         self.partition_of: dict[int, int] = {}  # node id -> partition id
         self.sampled: dict[int, int] = {}
-        self.blocked: list[int] = []  # partitions this round did not sample (defense.block-after)
         self.sent: list[Message] = []  # this round's train messages (ids set by the grid on push)
         self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.round_started = 0.0
@@ -99,17 +97,7 @@ class RobustStrategy(FedAvg):
         if lost := sorted(p for n, p in self.partition_of.items() if n not in connected):
             log.warning("round %d: partitions %s no longer connected (their SuperNodes stopped); sampling "
                         "from the %d connected", server_round, lost, len(node_of))
-        blocked = blocked_partitions(self.recorder.data["rounds"], server_round, self.settings.defense.block_after)
-        eligible = {p: n for p, n in node_of.items() if p not in blocked}
-        if not eligible:
-            log.warning("round %d: every connected partition is blocked (defense.block-after=%d); sampling "
-                        "from all of them", server_round, self.settings.defense.block_after)
-            eligible = node_of
-        self.blocked = sorted(set(node_of) - set(eligible))
-        if self.blocked:
-            log.info("round %d: not sampling partitions %s (flagged in %d round(s) or more; defense.block-after)",
-                     server_round, self.blocked, self.settings.defense.block_after)
-        chosen = sample_partitions(eligible, self.settings.clients.per_round, self.settings.seed, server_round,
+        chosen = sample_partitions(node_of, self.settings.clients.per_round, self.settings.seed, server_round,
                                    self.settings.attack.malicious_ids, self.settings.clients.sampling == "stratified")
         self.sampled = {node_of[p]: p for p in chosen}
         self.global_state = models.from_arrays(arrays)
@@ -152,7 +140,7 @@ class RobustStrategy(FedAvg):
 
         minimum = getattr(self.aggregator, "min_clients", 1)
         record = {"round": server_round, "lr": self.settings.train.lr(server_round, self.settings.num_server_rounds),
-                  "clients": [], "dropped": dropped, "failed": failed, "blocked": self.blocked}
+                  "clients": [], "dropped": dropped, "failed": failed}
         new_state = self.global_state
         if len(updates) < minimum:
             log.warning("round %d: %d valid replies < %d needed; keeping the previous global adapter",
