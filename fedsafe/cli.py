@@ -5,6 +5,7 @@
   fedsafe eval [--model M] [--adapter DIR] [--benchmark B] [--limit N] [--out ROWS.jsonl]
   fedsafe posthoc RUN_DIR [--run-config 'posthoc.level="L3"']   post-hoc again on a finished run
   fedsafe report RUN_DIR                       (re)build report.md and plots
+  fedsafe compare A B [--stage after_fl]       two evaluations of the same prompts, prompt by prompt
   fedsafe sweep [--aggregators ...] [--levels ...] [--out DIR]   the paper's table, resumable
 """
 
@@ -77,6 +78,18 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from fedsafe.eval.compare import CompareError, compare, format_table
+
+    try:
+        results = compare(Path(args.a), Path(args.b), stage=args.stage, seed=args.seed)
+    except CompareError as err:
+        print(f"fedsafe compare: {err}", file=sys.stderr)
+        return 2
+    print(format_table(results, args.a, args.b))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from fedsafe.eval.standalone import evaluate_model
     from fedsafe.logs import console_logging
@@ -131,6 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="(re)build report.md and plots of a run directory")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("compare", help="two evaluations of the same prompts: the prompts that changed "
+                       "sides and a paired bootstrap interval of the difference")
+    p.add_argument("a", help="a run directory or a per-prompt rows file (fedsafe eval --out)")
+    p.add_argument("b", help="the same, for the other evaluation")
+    p.add_argument("--stage", default="after_fl", help="a run directory's eval stage: initial, after_fl, "
+                   "after_posthoc")
+    p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
+    p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("eval", help="safety and helpfulness of a model or adapter")
     p.add_argument("--model", help="bundled name, Hub id or folder (default: the adapter's run model, "
                    "else smollm2-135m-instruct)")
