@@ -53,7 +53,11 @@ def rows_path(source: Path, stage: str) -> Path:
 
 def outcomes(path: Path, kind: str, key: str) -> dict[str, bool]:
     """{prompt: outcome} of one kind of row."""
-    return {row["prompt"]: bool(row[key]) for row in read_jsonl(path) if row.get("kind") == kind}
+    try:
+        return {row["prompt"]: bool(row[key]) for row in read_jsonl(path) if row.get("kind") == kind}
+    except (ValueError, KeyError, AttributeError) as err:  # not JSON lines, or rows of another shape
+        raise CompareError(f"{path}: not per-prompt evaluation rows (each a JSON object with kind, prompt "
+                           f"and {key}): {type(err).__name__}: {err}") from None
 
 
 def paired_difference(a: list[bool], b: list[bool], name: str, seed: int = 0) -> PairedDifference:

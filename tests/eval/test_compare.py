@@ -51,6 +51,14 @@ def test_evaluations_of_other_prompts_are_refused(tmp_path):
         compare(a, tmp_path / "b.jsonl")
 
 
+@pytest.mark.parametrize("text", ["not json\n", '{"kind": "harmful", "prompt": "p"}\n', "[1, 2]\n"])
+def test_rows_of_another_shape_are_refused_by_name(tmp_path, text):
+    a = run_dir(tmp_path, "a", [True], [])
+    (tmp_path / "b.jsonl").write_text(text)
+    with pytest.raises(CompareError, match=r"b\.jsonl: not per-prompt evaluation rows"):
+        compare(a, tmp_path / "b.jsonl")
+
+
 def test_a_rows_file_and_another_stage(tmp_path):
     a = run_dir(tmp_path, "a", [True, True], [False], stage="after_posthoc")
     write_jsonl(tmp_path / "b.jsonl", rows([True, False], [True]))
