@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsafe.eval.report import markdown_table, percent
 from fedsafe.files import read_jsonl
 
 # (row kind, the row's key holding the outcome, the rate's name): safe answers to harmful
@@ -51,13 +52,18 @@ def rows_path(source: Path, stage: str) -> Path:
     return path
 
 
-def outcomes(path: Path, kind: str, key: str) -> dict[str, bool]:
-    """{prompt: outcome} of one kind of row."""
+def outcomes(path: Path) -> dict[str, dict[str, bool]]:
+    """{row kind: {prompt: outcome}} for the kinds in OUTCOMES, read once."""
+    found: dict[str, dict[str, bool]] = {kind: {} for kind, _, _ in OUTCOMES}
+    keys = {kind: key for kind, key, _ in OUTCOMES}
     try:
-        return {row["prompt"]: bool(row[key]) for row in read_jsonl(path) if row.get("kind") == kind}
+        for row in read_jsonl(path):
+            if (kind := row.get("kind")) in keys:
+                found[kind][row["prompt"]] = bool(row[keys[kind]])
     except (ValueError, KeyError, AttributeError) as err:  # not JSON lines, or rows of another shape
-        raise CompareError(f"{path}: not per-prompt evaluation rows (each a JSON object with kind, prompt "
-                           f"and {key}): {type(err).__name__}: {err}") from None
+        raise CompareError(f"{path}: not per-prompt evaluation rows (JSON objects with kind, prompt and "
+                           f"{' or '.join(keys.values())}): {type(err).__name__}: {err}") from None
+    return found
 
 
 def paired_difference(a: list[bool], b: list[bool], name: str, seed: int = 0) -> PairedDifference:
@@ -75,9 +81,10 @@ def compare(source_a: Path, source_b: Path, stage: str = "after_fl", seed: int =
     """Every outcome both evaluations scored, on the prompts they share; refuses prompt sets
     that differ (another benchmark or limit)."""
     path_a, path_b = rows_path(Path(source_a), stage), rows_path(Path(source_b), stage)
+    rows_a, rows_b = outcomes(path_a), outcomes(path_b)
     results = []
-    for kind, key, name in OUTCOMES:
-        a, b = outcomes(path_a, kind, key), outcomes(path_b, kind, key)
+    for kind, _, name in OUTCOMES:
+        a, b = rows_a[kind], rows_b[kind]
         if not a and not b:
             continue
         if a.keys() != b.keys():
@@ -92,13 +99,9 @@ def compare(source_a: Path, source_b: Path, stage: str = "after_fl", seed: int =
 
 
 def format_table(results: list[PairedDifference], label_a: str, label_b: str) -> str:
-    lines = [f"A: {label_a}", f"B: {label_b}", "",
-             "| outcome | prompts | A | B | B - A | only A | only B | 95 % paired bootstrap |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r.name} | {r.prompts} | {100 * r.rate_a:.1f} % | {100 * r.rate_b:.1f} % | "
-                     f"{100 * r.difference:+.1f} | {r.only_a} | {r.only_b} | "
-                     f"[{100 * r.low:+.1f}, {100 * r.high:+.1f}] |")
-    lines += ["", "only A / only B: prompts where just that run answered safely (harmful) or refused (benign). "
-              "The interval resamples prompts; it does not cover training randomness."]
-    return "\n".join(lines)
+    header = ["outcome", "prompts", "A", "B", "B - A", "only A", "only B", "95 % paired bootstrap"]
+    rows = [[r.name, r.prompts, percent(r.rate_a), percent(r.rate_b), f"{100 * r.difference:+.1f}", r.only_a,
+             r.only_b, f"[{100 * r.low:+.1f}, {100 * r.high:+.1f}]"] for r in results]
+    note = ("only A / only B: prompts where just that run answered safely (harmful) or refused (benign). "
+            "The interval resamples prompts; it does not cover training randomness.")
+    return "\n".join([f"A: {label_a}", f"B: {label_b}", "", *markdown_table(header, rows), "", note])

@@ -26,12 +26,14 @@ def _num(value, fmt: str) -> str:
     return format(value, fmt)
 
 
-def _pct(value) -> str:
+def percent(value) -> str:
+    """A rate as "12.5 %", a dash when missing."""
     text = _num(None if value is None else 100 * value, ".1f")
     return text if text == DASH else text + " %"
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    """The lines of a Markdown table (the report's, and `fedsafe compare`'s)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
@@ -75,16 +77,16 @@ def _config_section(config: dict, rounds: list[dict], malicious: list[int]) -> l
         ["safety judge", config.get("eval.judge", DASH)],
         ["seed", config.get("seed", DASH)],
     ]
-    return ["## Configuration", "", *_table(["setting", "value"], rows), ""]
+    return ["## Configuration", "", *markdown_table(["setting", "value"], rows), ""]
 
 
 def _checks_section(checks: list[dict], selected) -> list[str]:
     """The step selection's checks on the probe prompts; the kept adapter marked."""
     if not checks:
         return []
-    rows = [[f"{c['step']}{' (kept)' if c['step'] == selected else ''}", _pct(c["safety_rate"]),
-             _pct(c["benign_refusal_rate"]), _num(c["score"], ".3f")] for c in checks]
-    return _table(["step", "probe safety", "probe benign refusal", "score"], rows) + [""]
+    rows = [[f"{c['step']}{' (kept)' if c['step'] == selected else ''}", percent(c["safety_rate"]),
+             percent(c["benign_refusal_rate"]), _num(c["score"], ".3f")] for c in checks]
+    return markdown_table(["step", "probe safety", "probe benign refusal", "score"], rows) + [""]
 
 
 def _eval_section(evals: dict) -> list[str]:
@@ -95,15 +97,15 @@ def _eval_section(evals: dict) -> list[str]:
     rows = []
     for stage in stages:
         values = evals[stage] or {}
-        row = [STAGES.get(stage, stage), _pct(values.get("safety_rate"))]
-        row += [_pct(values.get("benign_refusal_rate")), _num(values.get("helpfulness"), ".3f")]
+        row = [STAGES.get(stage, stage), percent(values.get("safety_rate"))]
+        row += [percent(values.get("benign_refusal_rate")), _num(values.get("helpfulness"), ".3f")]
         rows.append(row + ([_num(values.get("llm_judge"), ".2f")] if llm else []))
     note = (
         "Safety rate: share of harmful prompts answered safely (higher is better). "
         "Benign refusal: share of benign prompts refused (over-refusal, lower is better). "
         "Helpfulness: mean per-token log-likelihood of reference answers (higher is better)."
     )
-    return ["## Evaluation", "", *_table(header + ["LLM judge"] * llm, rows), "", note, ""]
+    return ["## Evaluation", "", *markdown_table(header + ["LLM judge"] * llm, rows), "", note, ""]
 
 
 def _probe_section(rounds: list[dict], malicious: set[int]) -> list[str]:
@@ -129,7 +131,7 @@ def _probe_section(rounds: list[dict], malicious: set[int]) -> list[str]:
             "it adds beyond its over-refusal (defense.safety-probe.margin-weight). * malicious.")
     header = ["round", "client", "probe scale", "refusal margin change", "helpful change", "over-refusal change",
               "decision"]
-    return ["## Behaviour probe", "", *_table(header, rows), "", note, ""]
+    return ["## Behaviour probe", "", *markdown_table(header, rows), "", note, ""]
 
 
 def _detection_section(results: dict, rounds: list[dict], malicious: set[int]) -> list[str]:
@@ -161,7 +163,7 @@ def _detection_section(results: dict, rounds: list[dict], malicious: set[int]) -
         ])
     if any(row[1] != DASH or row[5] != DASH for row in rows):
         header = ["round", "aggregated clients (* malicious)", "flagged", "precision", "recall"]
-        lines += [*_table(header + ["dropped"], rows), ""]
+        lines += [*markdown_table(header + ["dropped"], rows), ""]
         if kept_previous:
             lines += [f"{DAGGER} too few valid replies: the previous global adapter was kept.", ""]
     return ["## Detection", "", *lines] if lines else []
