@@ -107,7 +107,6 @@ class BehaviourProbe:
         self.model, self.tokenizer = model, tokenizer
         harmful, compliant, helpful = (openings(tokenizer, p) for p in (harmful, compliant, helpful))
         self.sets = (harmful, compliant, helpful, benign_refusals(helpful, harmful))  # as scored, in this order
-        self.sizes = [len(pairs) for pairs in self.sets]
         self.examples = scored_examples(tokenizer, [p for pairs in self.sets for p in pairs], seq_length,
                                         close_turn=False)
         self.seconds = 0.0  # total time spent probing, for the cost report
@@ -116,8 +115,9 @@ class BehaviourProbe:
         """(3,) refusal margin, mean per-token log-likelihood of helpful answers and over-refusal
         margin; the four sets scored in one call (one pass of the shared prompt prefix)."""
         sums, counts = example_logliks(self.model, self.examples, self.tokenizer.pad_token_id)
+        sizes = [len(pairs) for pairs in self.sets]
         refusal, compliant, helpful, benign_refusal = (
-            s.sum() / c.sum().clamp(min=1) for s, c in zip(sums.split(self.sizes), counts.split(self.sizes)))
+            s.sum() / c.sum().clamp(min=1) for s, c in zip(sums.split(sizes), counts.split(sizes)))
         return torch.stack([refusal - compliant, helpful, benign_refusal - helpful])
 
     def __call__(self, global_state: dict[str, torch.Tensor], updates: torch.Tensor) -> torch.Tensor:
