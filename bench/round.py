@@ -97,8 +97,7 @@ def sequential(values: dict, threads: int) -> tuple[float, list[float], dict]:
     for server_round in range(1, settings.num_server_rounds + 1):
         started = time.perf_counter()
         chosen = sample_partitions(range(settings.clients.num), settings.clients.per_round, settings.seed,
-                                   server_round, settings.attack.malicious_ids,
-                                   settings.clients.sampling == "stratified")
+                                   server_round, settings.attack.malicious_ids, settings.clients.sampling)
         lr = settings.train.lr(server_round, settings.num_server_rounds)
         updates = [train_locally(settings, p, state, server_round, lr) for p in chosen]
         flat = models.flatten(state)  # (d,)

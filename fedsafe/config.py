@@ -140,8 +140,9 @@ KEYS: dict[str, Key] = {
     "clients.num": Key(int, 10, _positive, "partitions = SuperNodes"),
     "clients.per-round": Key(int, 4, _positive, "sampled each round, seeded"),
     "clients.timeout": Key(float, 1800.0, _positive, "seconds to wait for nodes and replies"),
-    "clients.sampling": Key(str, "stratified", _choice("stratified", "uniform"),
-                            "stratified: each round's malicious share matches the federation's"),
+    "clients.sampling": Key(str, "paired", _choice("paired", "stratified", "uniform"),
+                            "paired/stratified: each round's malicious share matches the federation's; "
+                            "paired: otherwise the no-attack run's clients"),
     "data.benign": Key(str, "bundled", _data_source("bundled")),
     "data.aligned-pairs": Key(int, 60, _non_negative, "bundled refusal pairs added to the benign pool"),
     "data.instruction-column": Key(str, "instruction", None, "column mapping for files/Hub"),

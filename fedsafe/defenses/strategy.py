@@ -30,24 +30,40 @@ log = logging.getLogger(__name__)
 
 
 def sample_partitions(available: Iterable[int], k: int, seed: int, server_round: int,
-                      malicious: Iterable[int] = (), stratified: bool = False) -> list[int]:
+                      malicious: Iterable[int] = (), mode: str = "uniform") -> list[int]:
     """Seeded, independent of node ids and of the order nodes connected in.
 
-    Stratified: each round's malicious count is the federation's share of k, rounded at random
+    `stratified`: each round's malicious count is the federation's share of k, rounded at random
     to a neighbouring integer (so its expectation is exact); uniform sampling leaves short runs
-    to the luck of which clients the last rounds draw.
+    to the luck of which clients the last rounds draw. `paired`: the same count, reached by
+    swapping as few clients as it takes into or out of the draw a federation without malicious
+    clients makes, so an attacked run and its no-attack run train mostly the same honest
+    clients each round (a paired comparison; `stratified` draws the honest ones afresh).
     """
     pool = sorted(available)
     rng = random.Random(seed * 1_000_003 + server_round)
     k = min(k, len(pool))
-    if not stratified:
+    if mode == "uniform":
         return sorted(rng.sample(pool, k))
     bad = [p for p in pool if p in set(malicious)]
     good = [p for p in pool if p not in set(bad)]
     expected = k * len(bad) / len(pool)
     n_bad = min(len(bad), int(expected) + (rng.random() < expected - int(expected)))
     n_bad = max(n_bad, k - len(good))
-    return sorted(rng.sample(bad, n_bad) + rng.sample(good, k - n_bad))
+    if mode == "stratified":
+        return sorted(rng.sample(bad, n_bad) + rng.sample(good, k - n_bad))
+    drawn = rng.sample(pool, k)  # without malicious clients, the whole draw
+    drawn_bad = [p for p in drawn if p in bad]
+    drawn_good = [p for p in drawn if p not in bad]
+    if len(drawn_bad) > n_bad:
+        spare = [p for p in good if p not in drawn]
+        drawn_bad = rng.sample(drawn_bad, n_bad)
+        drawn_good += rng.sample(spare, k - n_bad - len(drawn_good))
+    elif len(drawn_bad) < n_bad:
+        spare = [p for p in bad if p not in drawn]
+        drawn_good = rng.sample(drawn_good, k - n_bad)
+        drawn_bad += rng.sample(spare, n_bad - len(drawn_bad))
+    return sorted(drawn_bad + drawn_good)
 
 
 class RobustStrategy(FedAvg):
@@ -98,7 +114,7 @@ class RobustStrategy(FedAvg):
             log.warning("round %d: partitions %s no longer connected (their SuperNodes stopped); sampling "
                         "from the %d connected", server_round, lost, len(node_of))
         chosen = sample_partitions(node_of, self.settings.clients.per_round, self.settings.seed, server_round,
-                                   self.settings.attack.malicious_ids, self.settings.clients.sampling == "stratified")
+                                   self.settings.attack.malicious_ids, self.settings.clients.sampling)
         self.sampled = {node_of[p]: p for p in chosen}
         self.global_state = models.from_arrays(arrays)
         config["server-round"] = server_round
