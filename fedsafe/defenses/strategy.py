@@ -52,7 +52,7 @@ def sample_partitions(available: Iterable[int], k: int, seed: int, server_round:
     n_bad = max(n_bad, k - len(good))
     if mode == "stratified":
         return sorted(rng.sample(bad, n_bad) + rng.sample(good, k - n_bad))
-    drawn = rng.sample(pool, k)  # without malicious clients, the whole draw
+    drawn = rng.sample(pool, k)  # what the same federation draws without attackers
     drawn_bad = [p for p in drawn if p in bad]
     drawn_good = [p for p in drawn if p not in bad]
     if len(drawn_bad) > n_bad:
