@@ -11,11 +11,14 @@ RUN_ID = 1
 
 
 class InProcessGrid(Grid):
-    def __init__(self, client_app, run_config: dict, num_nodes: int, fail: dict[int, int] | None = None):
-        """`fail`: {partition id: round} makes that client raise in that round."""
+    def __init__(self, client_app, run_config: dict, num_nodes: int, fail: dict[int, int] | None = None,
+                 reverse_replies: bool = False):
+        """`fail`: {partition id: round} makes that client raise in that round; `reverse_replies`
+        returns a round's replies last-sent first, as a SuperLink may."""
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, 0
         self.client_app = client_app
         self.fail = fail or {}
+        self.reverse_replies = reverse_replies
         self.contexts = {
             1000 + k: Context(run_id=RUN_ID, node_id=1000 + k, state=RecordDict(), run_config=dict(run_config),
                               node_config={"partition-id": k, "num-partitions": num_nodes})
@@ -54,4 +57,4 @@ class InProcessGrid(Grid):
                 replies.append(self.client_app(msg, context))
             except Exception as err:  # what Flower does: the exception becomes an error reply
                 replies.append(Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg))
-        return replies
+        return replies[::-1] if self.reverse_replies else replies

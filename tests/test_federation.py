@@ -30,8 +30,8 @@ def tiny_run_config(model_dir, out_dir, **overrides) -> dict:
     return config
 
 
-def run_federation(run_config, num_nodes, fail=None):
-    grid = InProcessGrid(client_app, run_config, num_nodes, fail=fail)
+def run_federation(run_config, num_nodes, fail=None, reverse_replies=False):
+    grid = InProcessGrid(client_app, run_config, num_nodes, fail=fail, reverse_replies=reverse_replies)
     server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
     (run_dir,) = [p for p in json_dirs(run_config["output-dir"])]
     return run_dir, read_json(run_dir / "results.json"), grid
@@ -72,6 +72,15 @@ def test_two_rounds_three_clients(tiny_model_dir, tmp_path):
     assert loss[1] < loss[0]
     # the learning rate followed the cosine schedule sent by the server
     assert results["rounds"][0]["lr"] > results["rounds"][1]["lr"]
+
+
+def test_the_order_replies_arrive_in_does_not_change_a_bit(tiny_model_dir, tmp_path):
+    adapters = []
+    for reverse in (False, True):
+        config = tiny_run_config(tiny_model_dir, tmp_path / f"reverse-{reverse}", **{"eval.every-rounds": 0})
+        run_dir, _, _ = run_federation(config, 3, reverse_replies=reverse)
+        adapters.append(models.load_adapter_file(run_dir / "adapters" / "round-002"))
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
 
 
 def test_malicious_clients_train_on_attack_data(tiny_model_dir, tmp_path):

@@ -2,8 +2,9 @@
 
 configure_train: learn each node's partition id once (a QUERY message), then sample
 `clients.per-round` partitions with a seeded RNG, so the same seed samples the same clients in
-simulation and deployment alike. aggregate_train: replies -> checked deltas (n, d) -> aggregator
--> new global adapter, recording per client weight, flag and ground truth.
+simulation and deployment alike. aggregate_train: replies -> checked deltas (n, d) in partition
+order (not arrival order, which would move the sums' rounding) -> aggregator -> new global
+adapter, recording per client weight, flag and ground truth.
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ class RobustStrategy(FedAvg):
             log.warning("round %d: dropped client %s (node %s): %s", server_round, item["partition_id"],
                         item["node_id"], item["reason"])
 
+        updates.sort(key=lambda u: u.partition_id)
         minimum = getattr(self.aggregator, "min_clients", 1)
         record = {"round": server_round, "lr": self.settings.train.lr(server_round, self.settings.num_server_rounds),
                   "clients": [], "dropped": dropped, "failed": failed}
