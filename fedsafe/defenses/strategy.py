@@ -46,16 +46,17 @@ def sample_partitions(available: Iterable[int], k: int, seed: int, server_round:
     k = min(k, len(pool))
     if mode == "uniform":
         return sorted(rng.sample(pool, k))
-    bad = [p for p in pool if p in set(malicious)]
-    good = [p for p in pool if p not in set(bad)]
+    malicious = set(malicious)
+    bad = [p for p in pool if p in malicious]
+    good = [p for p in pool if p not in malicious]
     expected = k * len(bad) / len(pool)
     n_bad = min(len(bad), int(expected) + (rng.random() < expected - int(expected)))
     n_bad = max(n_bad, k - len(good))
     if mode == "stratified":
         return sorted(rng.sample(bad, n_bad) + rng.sample(good, k - n_bad))
     drawn = rng.sample(pool, k)  # what the same federation draws without attackers
-    drawn_bad = [p for p in drawn if p in bad]
-    drawn_good = [p for p in drawn if p not in bad]
+    drawn_bad = [p for p in drawn if p in malicious]
+    drawn_good = [p for p in drawn if p not in malicious]
     if len(drawn_bad) > n_bad:
         spare = [p for p in good if p not in drawn]
         drawn_bad = rng.sample(drawn_bad, n_bad)
