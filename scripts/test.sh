@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/pytest ] || bash scripts/setup.sh
+# The deployment tests make a CA and certificates with openssl.
+command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; } ||
+  { echo "scripts/test.sh: the deployment tests need openssl (apt-get install openssl)" >&2; exit 1; }
 . .venv/bin/activate
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 TOKENIZERS_PARALLELISM=false
 python -m pytest -q "$@"
