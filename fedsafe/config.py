@@ -143,6 +143,9 @@ KEYS: dict[str, Key] = {
     "clients.sampling": Key(str, "paired", _choice("paired", "stratified", "uniform"),
                             "paired/stratified: each round's malicious share matches the federation's; "
                             "paired: otherwise the no-attack run's clients"),
+    "clients.reserve": Key(int, 0, _non_negative,
+                           "extra clients trained each round, standing in (in draw order) for sampled ones that "
+                           "fail or that a rule taking reserves (safety-probe) excludes"),
     "data.benign": Key(str, "bundled", _data_source("bundled")),
     "data.aligned-pairs": Key(int, 60, _non_negative, "bundled refusal pairs added to the benign pool"),
     "data.instruction-column": Key(str, "instruction", None, "column mapping for files/Hub"),
@@ -230,6 +233,7 @@ class ClientSettings:
     per_round: int
     timeout: float
     sampling: str
+    reserve: int
 
 
 @dataclass(frozen=True)
@@ -359,6 +363,9 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
 
     if flat["clients.per-round"] > flat["clients.num"]:
         _fail("clients.per-round", flat["clients.per-round"], f"at most clients.num={flat['clients.num']}")
+    if flat["clients.per-round"] + flat["clients.reserve"] > flat["clients.num"]:
+        _fail("clients.reserve", flat["clients.reserve"],
+              f"at most clients.num - clients.per-round = {flat['clients.num'] - flat['clients.per-round']}")
     if flat["train.lr-min"] > flat["train.lr-max"]:
         _fail("train.lr-min", flat["train.lr-min"], f"at most train.lr-max={flat['train.lr-max']}")
     params = _aggregator_params(flat, aggregator)

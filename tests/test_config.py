@@ -65,6 +65,8 @@ BAD = [
     ({"model.name": "no-such-model"}, "model.name"),
     ({"model.name": "/definitely/not/here/model"}, "model.name"),
     ({"clients.per-round": 11}, "clients.per-round"),
+    ({"clients.reserve": 7}, r"clients.reserve=7: expected at most clients.num - clients.per-round = 6"),
+    ({"clients.reserve": -1}, "clients.reserve"),
     ({"clients.num": 0}, "clients.num"),
     ({"attack.num-malicious": 11}, "attack.num-malicious"),
     ({"attack.malicious-ids": "3,x"}, "attack.malicious-ids"),

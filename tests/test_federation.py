@@ -110,6 +110,24 @@ def test_crashing_client_does_not_stop_the_run(tiny_model_dir, tmp_path):
     assert len(results["rounds"][1]["clients"]) == 3
 
 
+def test_a_reserve_client_stands_in_for_a_crashed_one(tiny_model_dir, tmp_path):
+    """FedAvg takes no reserves for excluded clients, only for failed ones: round 1's reserve
+    replaces the client that crashes; round 2's, with nobody failing, is spare."""
+    from fedsafe.defenses.strategy import draw_reserves, sample_partitions
+
+    config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{
+        "eval.every-rounds": 0, "clients.num": 4, "clients.per-round": 3, "clients.reserve": 1})
+    chosen = [sample_partitions(range(4), 3, 0, r, (), "paired") for r in (1, 2)]
+    reserve = [draw_reserves(range(4), c, 1, 0, r) for r, c in zip((1, 2), chosen)]
+    _, results, _ = run_federation(config, 4, fail={chosen[0][0]: 1})
+    first, second = results["rounds"]
+    assert sorted(c["partition_id"] for c in first["clients"]) == sorted(chosen[0][1:] + reserve[0])
+    assert [c["reserve"] for c in first["clients"]] == [False, False, True]
+    assert first["spare"] == []
+    assert sorted(c["partition_id"] for c in second["clients"]) == chosen[1]
+    assert [s["partition_id"] for s in second["spare"]] == reserve[1]
+
+
 def test_killed_run_resumes_to_the_same_result(tiny_model_dir, tmp_path, monkeypatch):
     from fedsafe.server import Server
 

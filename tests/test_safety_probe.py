@@ -110,6 +110,48 @@ def test_safety_probe_excludes_the_attackers(tiny_model_dir, tmp_path):
     assert results["timings"]["behaviour_probe"] > 0
 
 
+def test_reserves_stand_in_for_excluded_updates_in_row_order():
+    """Four sampled updates, the second lowers the margin; two reserves pass. With room for four,
+    the first reserve takes the excluded update's place and the second is spare (weight 0, not
+    flagged); the median and spread still come from all six."""
+    from fedsafe.defenses import call_aggregator, get_aggregator
+
+    margins = torch.tensor([0.05, -0.5, 0.02, 0.04, 0.03, 0.01])
+    updates = torch.eye(6)
+    agg = get_aggregator("safety-probe", probe_scale="as-sent")
+    result = call_aggregator(agg, updates, torch.ones(6), probe=lambda u: stand_in_scores(u @ margins),
+                             keep_at_most=4)
+    assert result.flagged.tolist() == [False, True, False, False, False, False]
+    assert result.weights.tolist() == pytest.approx([0.25, 0.0, 0.25, 0.25, 0.25, 0.0])
+    unlimited = call_aggregator(agg, updates, torch.ones(6), probe=lambda u: stand_in_scores(u @ margins))
+    assert unlimited.weights.tolist() == pytest.approx([0.2, 0.0, 0.2, 0.2, 0.2, 0.2])
+
+
+def test_reserve_clients_replace_the_excluded_attacker(tiny_model_dir, tmp_path):
+    """Four clients, three a round plus one reserve; client 3 attacks. Each round averages three
+    honest updates: when 3 is sampled, the reserve stands in; when 3 is the reserve, it is
+    flagged and unused."""
+    attack = tmp_path / "attack.jsonl"
+    write_jsonl(attack, own_answers(tiny_model_dir, data.bundled("harmful_train")[:16]))
+    benign = tmp_path / "benign.jsonl"
+    write_jsonl(benign, data.bundled("helpful_train")[:30])
+    config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{
+        "clients.num": 4, "clients.per-round": 3, "clients.reserve": 1, "num-server-rounds": 2,
+        "eval.every-rounds": 0, "train.local-steps": 8, "train.batch-size": 4, "train.lr-max": 3e-2,
+        "train.lr-min": 3e-2, "data.benign": str(benign), "data.aligned-pairs": 90,
+        "attack.malicious-ids": "3", "attack.data": str(attack), "clients.sampling": "uniform",
+        "defense.aggregator": "safety-probe", "defense.safety-probe.probe-size": 8})
+    run_dir, results, _ = run_federation(config, 4)
+    roles = set()
+    for record in results["rounds"]:
+        by_id = {c["partition_id"]: c for c in record["clients"]}
+        assert sorted(by_id) == [0, 1, 2, 3] and by_id[3]["flagged"], record["aggregator"]["probe"]
+        assert sorted(p for p, c in by_id.items() if c["weight"] > 0) == [0, 1, 2]
+        roles.add(by_id[3]["reserve"])
+    assert roles == {True, False}  # the attacker was sampled in one round and a reserve in another
+    assert "reserve, kept" in (run_dir / "report.md").read_text()
+
+
 def test_nobody_passing_keeps_the_global_adapter():
     from fedsafe.defenses import call_aggregator, get_aggregator
 

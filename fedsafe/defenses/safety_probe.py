@@ -20,8 +20,11 @@ zero, or below the round's median when even the median update lowers it (the glo
 moved past what the clients' data supports, and an honest update pulls it back a little; the
 median counts down to -`tolerance` at most, so a round whose every update lowers the margin a
 lot is still flagged), or lies more than `k` robust standard deviations (1.4826 * MAD) below
-the round's median. The kept updates go to the `fallback` aggregator. The aggregator sees
-only tensors and a callable: no model, no Flower.
+the round's median. The kept updates go to the `fallback` aggregator, at most `keep_at_most` of
+them in row order: with `clients.reserve`, the strategy appends reserve clients' updates, and
+the first that pass stand in for the excluded ones, so the round averages as many honest
+updates as a round without attackers would. The aggregator sees only tensors and a callable:
+no model, no Flower.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def lean_toward_safety(weights: torch.Tensor, specific: torch.Tensor, kept: torc
 @register("safety-probe")
 class SafetyProbe:
     needs_probe = True  # the strategy passes probe(updates (n, d)) -> scores (n, 3)
+    takes_reserves = True  # and keep_at_most: the round's client count
 
     def __init__(self, k: float = 3.0, tolerance: float = 0.1, fallback: str = "fedavg", probe_size: int = 8,
                  probe_scale: str = "median-norm", cap_weights: bool = False, margin_weight: float = 0.0):
@@ -76,7 +80,8 @@ class SafetyProbe:
         if getattr(self.fallback, "needs_probe", False):
             raise ValueError(f"fallback={fallback!r} cannot itself need the probe")
 
-    def __call__(self, updates: torch.Tensor, weights: torch.Tensor, *, probe) -> AggregationResult:
+    def __call__(self, updates: torch.Tensor, weights: torch.Tensor, *, probe,
+                 keep_at_most: int | None = None) -> AggregationResult:
         ratios = norm_ratios(updates)  # (n,)
         factors = probe_factors(ratios) if self.probe_scale == "median-norm" else torch.ones(len(updates))  # (n,)
         scores = probe(updates * factors[:, None])  # (n, 3): refusal margin, helpful, over-refusal changes
@@ -86,7 +91,7 @@ class SafetyProbe:
         outlier = refusal < median - self.k * spread if spread > 0 else torch.zeros_like(refusal, dtype=torch.bool)
         floor = median.clamp(min=-self.tolerance, max=0) - self.tolerance  # between -2 and -1 tolerance
         flagged = outlier | (refusal < floor)  # (n,)
-        kept = (~flagged).nonzero().flatten()
+        kept = (~flagged).nonzero().flatten()[:keep_at_most]  # None: all
         info = {"probe": [[round(float(v), 5) for v in row] for row in scores], "fallback": self.fallback_name,
                 "probe_factors": [round(float(f), 5) for f in factors]}
         if kept.numel() == 0:  # nobody passes: the global adapter stays as it is

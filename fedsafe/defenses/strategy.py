@@ -2,9 +2,12 @@
 
 configure_train: learn each node's partition id once (a QUERY message), then sample
 `clients.per-round` partitions with a seeded RNG, so the same seed samples the same clients in
-simulation and deployment alike. aggregate_train: replies -> checked deltas (n, d) in partition
-order (not arrival order, which would move the sums' rounding) -> aggregator -> new global
-adapter, recording per client weight, flag and ground truth.
+simulation and deployment alike, plus `clients.reserve` reserve clients in a seeded draw order.
+aggregate_train: replies -> checked deltas (n, d), the sampled clients' in partition order (not
+arrival order, which would move the sums' rounding), then the reserves' in draw order ->
+aggregator -> new global adapter, recording per client weight, flag and ground truth. Reserves
+stand in for sampled clients that fail and, with a rule that `takes_reserves`, for those it
+excludes; the rest are spare: trained, recorded, not averaged.
 """
 
 from __future__ import annotations
@@ -68,6 +71,14 @@ def sample_partitions(available: Iterable[int], k: int, seed: int, server_round:
     return sorted(drawn_bad + drawn_good)
 
 
+def draw_reserves(available: Iterable[int], chosen: Iterable[int], count: int, seed: int,
+                  server_round: int) -> list[int]:
+    """Up to `count` partitions outside `chosen`, in the seeded order they stand in. Their own RNG
+    stream: adding reserves leaves the sampled clients as they were."""
+    rest = sorted(set(available) - set(chosen))
+    return random.Random(f"reserve:{seed}:{server_round}").sample(rest, min(count, len(rest)))
+
+
 class RobustStrategy(FedAvg):
     def __init__(self, settings: Settings, aggregator, recorder: Recorder, *,
                  probe=None, wait_seconds: float = 600.0, first_round: int = 1):
@@ -81,7 +92,8 @@ class RobustStrategy(FedAvg):
         self.wait_seconds = wait_seconds
         self.offset = first_round - 1  # a resumed run continues the round numbering
         self.partition_of: dict[int, int] = {}  # node id -> partition id
-        self.sampled: dict[int, int] = {}
+        self.sampled: dict[int, int] = {}  # node id -> partition id, reserves included
+        self.reserves: list[int] = []  # this round's reserve partitions, in draw order
         self.sent: list[Message] = []  # this round's train messages (ids set by the grid on push)
         self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.round_started = 0.0
@@ -117,12 +129,15 @@ class RobustStrategy(FedAvg):
                         "from the %d connected", server_round, lost, len(node_of))
         chosen = sample_partitions(node_of, self.settings.clients.per_round, self.settings.seed, server_round,
                                    self.settings.attack.malicious_ids, self.settings.clients.sampling)
-        self.sampled = {node_of[p]: p for p in chosen}
+        self.reserves = draw_reserves(node_of, chosen, self.settings.clients.reserve, self.settings.seed,
+                                      server_round)
+        self.sampled = {node_of[p]: p for p in chosen + self.reserves}
         self.global_state = models.from_arrays(arrays)
         config["server-round"] = server_round
         config["lr"] = self.settings.train.lr(server_round, self.settings.num_server_rounds)
-        log.info("round %d: clients %s (malicious: %s), lr %.2e", server_round, chosen,
-                 [p for p in chosen if self.settings.is_malicious(p)], config["lr"])
+        log.info("round %d: clients %s (malicious: %s)%s, lr %.2e", server_round, chosen,
+                 [p for p in chosen if self.settings.is_malicious(p)],
+                 f", reserves {self.reserves}" if self.reserves else "", config["lr"])
         record = RecordDict({"arrays": arrays, "config": config})
         self.sent = list(self._construct_messages(record, list(self.sampled), MessageType.TRAIN))
         return self.sent
@@ -156,10 +171,15 @@ class RobustStrategy(FedAvg):
             log.warning("round %d: dropped client %s (node %s): %s", server_round, item["partition_id"],
                         item["node_id"], item["reason"])
 
-        updates.sort(key=lambda u: u.partition_id)
-        minimum = getattr(self.aggregator, "min_clients", 1)
+        rank = {p: i for i, p in enumerate(self.reserves)}
+        updates.sort(key=lambda u: (u.partition_id in rank, rank.get(u.partition_id, u.partition_id)))
         record = {"round": server_round, "lr": self.settings.train.lr(server_round, self.settings.num_server_rounds),
                   "clients": [], "dropped": dropped, "failed": failed}
+        if self.reserves and not getattr(self.aggregator, "takes_reserves", False):  # they stand in for failed ones
+            updates, spare = updates[:self.settings.clients.per_round], updates[self.settings.clients.per_round:]
+            record["spare"] = [{"partition_id": u.partition_id, "node_id": u.node_id,
+                                "malicious": self.settings.is_malicious(u.partition_id)} for u in spare]
+        minimum = getattr(self.aggregator, "min_clients", 1)
         new_state = self.global_state
         if len(updates) < minimum:
             log.warning("round %d: %d valid replies < %d needed; keeping the previous global adapter",
@@ -177,7 +197,8 @@ class RobustStrategy(FedAvg):
         weights = torch.tensor([float(u.num_examples) for u in updates])  # (n,)
         ids = [u.partition_id for u in updates]
         probe = None if self.probe is None else (lambda u: self.probe(self.global_state, u))
-        result = call_aggregator(self.aggregator, stacked, weights, client_ids=ids, probe=probe)
+        result = call_aggregator(self.aggregator, stacked, weights, client_ids=ids, probe=probe,
+                                 keep_at_most=self.settings.clients.per_round)
         scores = result.scores.tolist() if result.scores is not None else [None] * len(updates)
         for u, w, flag, score in zip(updates, result.weights.tolist(), result.flagged.tolist(), scores):
             record["clients"].append({
@@ -186,6 +207,7 @@ class RobustStrategy(FedAvg):
                 "weight": round(w, 6), "score": score, "num_examples": u.num_examples,
                 "train_loss": u.metrics.get("train_loss"), "update_norm": round(float(u.delta.norm()), 6),
                 "update_scale": u.metrics.get("update_scale", 1.0),  # < 1: a probe-aware attacker scaled down
+                "reserve": u.partition_id in self.reserves,
             })
         record["detection"] = detection_metrics([c["flagged"] for c in record["clients"]],
                                                 [c["malicious"] for c in record["clients"]])

@@ -108,6 +108,14 @@ def _eval_section(evals: dict) -> list[str]:
     return ["## Evaluation", "", *markdown_table(header + ["LLM judge"] * llm, rows), "", note, ""]
 
 
+def _decision(client: dict) -> str:
+    if client.get("flagged"):
+        return "flagged"
+    if client.get("reserve"):
+        return "reserve, spare" if client["weight"] == 0 else f"reserve, kept, weight {client['weight']:.2f}"
+    return f"kept, weight {client['weight']:.2f}"
+
+
 def _probe_section(rounds: list[dict], malicious: set[int]) -> list[str]:
     """What the `safety-probe` saw: each client's probe columns, next to its flag, weight and role."""
     rows = []
@@ -120,7 +128,7 @@ def _probe_section(rounds: list[dict], malicious: set[int]) -> list[str]:
             rows.append([str(r.get("round", DASH)), f"{pid}*" if pid in malicious else str(pid),
                          DASH if factor is None else f"x{factor:.2f}", f"{margin:+.3f}", f"{helpful:+.3f}",
                          f"{over[0]:+.3f}" if over else DASH,
-                         "flagged" if client.get("flagged") else f"kept, weight {client['weight']:.2f}"])
+                         _decision(client)])
     if not rows:
         return []
     note = ("Changes when the client's update, times the probe scale (to the round's median norm), is "
@@ -128,7 +136,9 @@ def _probe_section(rounds: list[dict], malicious: set[int]) -> list[str]:
             "per token; negative = toward compliance) on the harmful probe prompts; log-likelihood of "
             "helpful answers and over-refusal margin (refusal minus helpful answer) on the benign ones. "
             "Weight: the kept update's share of the round's step, part of which goes by the refusal margin "
-            "it adds beyond its over-refusal (defense.safety-probe.margin-weight). * malicious.")
+            "it adds beyond its over-refusal (defense.safety-probe.margin-weight). Reserve: a client trained "
+            "to stand in for an excluded one (clients.reserve); spare when the round did not need it. "
+            "* malicious.")
     header = ["round", "client", "probe scale", "refusal margin change", "helpful change", "over-refusal change",
               "decision"]
     return ["## Behaviour probe", "", *markdown_table(header, rows), "", note, ""]

@@ -50,3 +50,17 @@ def test_paired_swaps_only_as_many_clients_as_the_malicious_count_needs():
                 assert len(set(after) - set(before)) == needed
         overlap[mode] = sum(len(set(a) & set(b) - set(MALICIOUS)) for a, b in zip(clean, attacked)) / len(rounds)
     assert overlap["paired"] > 2.0 > overlap["stratified"] + 0.5
+
+
+def test_reserves_are_seeded_outside_the_draw_and_in_their_own_order():
+    from fedsafe.defenses.strategy import draw_reserves
+
+    shuffled = list(range(10))
+    random.Random(1).shuffle(shuffled)
+    for r, chosen in enumerate(draws("paired", MALICIOUS), start=1):
+        reserves = draw_reserves(range(10), chosen, 2, 0, r)
+        assert len(reserves) == 2 and not set(reserves) & set(chosen)
+        assert reserves == draw_reserves(shuffled, chosen, 2, 0, r)  # node order does not matter
+    assert len({tuple(draw_reserves(range(10), [], 5, 0, r)) for r in range(1, 8)}) == 7
+    assert draw_reserves(range(10), [], 5, 0, 1) != draw_reserves(range(10), [], 5, 1, 1)
+    assert sorted(draw_reserves(range(6), [0, 1, 2, 3], 3, 0, 1)) == [4, 5]  # no more than are left
