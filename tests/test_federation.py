@@ -128,6 +128,18 @@ def test_a_reserve_client_stands_in_for_a_crashed_one(tiny_model_dir, tmp_path):
     assert [s["partition_id"] for s in second["spare"]] == reserve[1]
 
 
+def test_spare_reserves_leave_a_fedavg_run_bit_identical(tiny_model_dir, tmp_path):
+    """Nobody fails, so FedAvg's reserves are never averaged: the adapters are those of the run
+    without them (a no-attack baseline needs no rerun when its attacked run adds reserves)."""
+    adapters = []
+    for reserve in (0, 1):
+        config = tiny_run_config(tiny_model_dir, tmp_path / f"reserve-{reserve}", **{
+            "eval.every-rounds": 0, "clients.num": 4, "clients.per-round": 3, "clients.reserve": reserve})
+        run_dir, _, _ = run_federation(config, 4)
+        adapters.append(models.load_adapter_file(run_dir / "adapters" / "round-002"))
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+
+
 def test_killed_run_resumes_to_the_same_result(tiny_model_dir, tmp_path, monkeypatch):
     from fedsafe.server import Server
 
