@@ -4,7 +4,7 @@ An aggregator is any callable `agg(updates, weights) -> AggregationResult`:
 `updates` is a float tensor (n, d), one flattened LoRA delta per client, `weights` (n,) the
 clients' example counts. Hyperparameters live in the constructor, state on `self`; no Flower
 types ever reach an aggregator. Optional needs are declared as class attributes and honoured by
-`call_aggregator`: `needs_client_ids` (stable partition ids, e.g. FoolsGold's per-client history)
+`call_aggregator`: `needs_client_ids` (stable partition ids, e.g. FoolsGold's per-client history),
 `needs_probe` (a behaviour-probe defense) and `takes_reserves`: the rows come in priority order
 (the round's sampled clients, then its reserve clients in draw order) and the rule aggregates at
 most `keep_at_most` of them, the first it keeps, so reserves stand in for excluded clients;
