@@ -113,7 +113,7 @@ def test_safety_probe_excludes_the_attackers(tiny_model_dir, tmp_path):
 def test_reserves_stand_in_for_excluded_updates_in_row_order():
     """Four sampled updates, the second lowers the margin; two reserves pass. With room for four,
     the first reserve takes the excluded update's place and the second is spare (weight 0, not
-    flagged); the median and spread still come from all six."""
+    flagged); without a limit all five that pass are averaged."""
     from fedsafe.defenses import call_aggregator, get_aggregator
 
     margins = torch.tensor([0.05, -0.5, 0.02, 0.04, 0.03, 0.01])
