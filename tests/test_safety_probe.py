@@ -89,17 +89,24 @@ def own_answers(model_dir, pairs):
     return [data.Pair(instruction=p["instruction"], response=a) for p, a in zip(pairs, answers)]
 
 
-def test_safety_probe_excludes_the_attackers(tiny_model_dir, tmp_path):
-    attack = tmp_path / "attack.jsonl"
-    write_jsonl(attack, own_answers(tiny_model_dir, data.bundled("harmful_train")[:16]))
-    benign = tmp_path / "benign.jsonl"
-    write_jsonl(benign, data.bundled("helpful_train")[:30])
-    config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{
-        "clients.num": 4, "clients.per-round": 4, "num-server-rounds": 2, "eval.every-rounds": 0,
-        "train.local-steps": 8, "train.batch-size": 4, "train.lr-max": 3e-2, "train.lr-min": 3e-2,
-        "data.benign": str(benign), "data.aligned-pairs": 90,
-        "attack.malicious-ids": "3", "attack.data": str(attack),
-        "defense.aggregator": "safety-probe", "defense.safety-probe.probe-size": 8,
+@pytest.fixture(scope="module")
+def separable_data(tiny_model_dir, tmp_path_factory) -> dict:
+    """Run-config keys for a clearly separable federation of four: client 3 trains on the base
+    model's own answers to harmful prompts, the others on helpful pairs and many refusals.
+    Generated once for the tests that share it."""
+    folder = tmp_path_factory.mktemp("separable")
+    write_jsonl(folder / "attack.jsonl", own_answers(tiny_model_dir, data.bundled("harmful_train")[:16]))
+    write_jsonl(folder / "benign.jsonl", data.bundled("helpful_train")[:30])
+    return {"clients.num": 4, "num-server-rounds": 2, "eval.every-rounds": 0, "train.local-steps": 8,
+            "train.batch-size": 4, "train.lr-max": 3e-2, "train.lr-min": 3e-2,
+            "data.benign": str(folder / "benign.jsonl"), "data.aligned-pairs": 90,
+            "attack.malicious-ids": "3", "attack.data": str(folder / "attack.jsonl"),
+            "defense.aggregator": "safety-probe", "defense.safety-probe.probe-size": 8}
+
+
+def test_safety_probe_excludes_the_attackers(tiny_model_dir, tmp_path, separable_data):
+    config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **separable_data, **{
+        "clients.per-round": 4,
         "defense.safety-probe.tolerance": 0.1})  # benign margins here move by up to 0.03
     _, results, _ = run_federation(config, 4)
     for record in results["rounds"]:
@@ -127,20 +134,12 @@ def test_reserves_stand_in_for_excluded_updates_in_row_order():
     assert unlimited.weights.tolist() == pytest.approx([0.2, 0.0, 0.2, 0.2, 0.2, 0.2])
 
 
-def test_reserve_clients_replace_the_excluded_attacker(tiny_model_dir, tmp_path):
+def test_reserve_clients_replace_the_excluded_attacker(tiny_model_dir, tmp_path, separable_data):
     """Four clients, three a round plus one reserve; client 3 attacks. Each round averages three
     honest updates: when 3 is sampled, the reserve stands in; when 3 is the reserve, it is
     flagged and unused."""
-    attack = tmp_path / "attack.jsonl"
-    write_jsonl(attack, own_answers(tiny_model_dir, data.bundled("harmful_train")[:16]))
-    benign = tmp_path / "benign.jsonl"
-    write_jsonl(benign, data.bundled("helpful_train")[:30])
-    config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{
-        "clients.num": 4, "clients.per-round": 3, "clients.reserve": 1, "num-server-rounds": 2,
-        "eval.every-rounds": 0, "train.local-steps": 8, "train.batch-size": 4, "train.lr-max": 3e-2,
-        "train.lr-min": 3e-2, "data.benign": str(benign), "data.aligned-pairs": 90,
-        "attack.malicious-ids": "3", "attack.data": str(attack), "clients.sampling": "uniform",
-        "defense.aggregator": "safety-probe", "defense.safety-probe.probe-size": 8})
+    config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **separable_data, **{
+        "clients.per-round": 3, "clients.reserve": 1, "clients.sampling": "uniform"})
     run_dir, results, _ = run_federation(config, 4)
     roles = set()
     for record in results["rounds"]:
