@@ -104,17 +104,40 @@ def separable_data(tiny_model_dir, tmp_path_factory) -> dict:
             "defense.aggregator": "safety-probe", "defense.safety-probe.probe-size": 8}
 
 
-def test_safety_probe_excludes_the_attackers(tiny_model_dir, tmp_path, separable_data):
-    config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **separable_data, **{
+@pytest.fixture(scope="module")
+def separable_run(tiny_model_dir, tmp_path_factory, separable_data) -> tuple:
+    """The separable federation, all four clients a round, defended by the safety-probe."""
+    config = tiny_run_config(tiny_model_dir, tmp_path_factory.mktemp("runs"), **separable_data, **{
         "clients.per-round": 4,
         "defense.safety-probe.tolerance": 0.1})  # benign margins here move by up to 0.03
-    _, results, _ = run_federation(config, 4)
+    run_dir, results, _ = run_federation(config, 4)
+    return run_dir, results
+
+
+def test_safety_probe_excludes_the_attackers(separable_run):
+    _, results = separable_run
     for record in results["rounds"]:
         flagged = {c["partition_id"] for c in record["clients"] if c["flagged"]}
         assert flagged == {3}, record["aggregator"]["probe"]
         assert [c["weight"] for c in record["clients"] if c["partition_id"] == 3] == [0.0]
     assert results["detection"]["recall"] == 1.0 and results["detection"]["precision"] == 1.0
     assert results["timings"]["behaviour_probe"] > 0
+
+
+def test_flagging_exactly_the_attackers_trains_the_oracles_model(tiny_model_dir, tmp_path, separable_data,
+                                                                separable_run):
+    """Where the probe flags exactly the attackers, the safety-probe run and the `oracle` run
+    (which reads who the attackers are) average the same updates: bit-identical adapters."""
+    config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{
+        **separable_data, "clients.per-round": 4, "defense.aggregator": "oracle"})
+    run_dir, results, _ = run_federation(config, 4)
+    probe_dir, probe_results = separable_run
+    assert [[c["weight"] for c in r["clients"]] for r in results["rounds"]] == [
+        [c["weight"] for c in r["clients"]] for r in probe_results["rounds"]]
+    for name in ("round-001", "round-002"):
+        oracle, probed = (models.load_adapter_file(d / "adapters" / name) for d in (run_dir, probe_dir))
+        assert all(torch.equal(oracle[k], probed[k]) for k in oracle)
+    assert results["detection"]["recall"] == 1.0 and results["detection"]["precision"] == 1.0
 
 
 def test_reserves_stand_in_for_excluded_updates_in_row_order():

@@ -15,7 +15,7 @@ from fedsafe.defenses.registry import available, get_aggregator, register
 
 # Built-in rules register themselves on import.
 from fedsafe.defenses import (bulyan, dnc, fedavg, flame, foolsgold, krum, median,  # noqa: E402,F401
-                              norm_bound, residual, safety_probe, trimmed_mean)
+                              norm_bound, oracle, residual, safety_probe, trimmed_mean)
 
 __all__ = ["AggregationResult", "Aggregator", "available", "call_aggregator", "detection_metrics",
            "get_aggregator", "register", "validate_updates"]

@@ -5,11 +5,12 @@ An aggregator is any callable `agg(updates, weights) -> AggregationResult`:
 clients' example counts. Hyperparameters live in the constructor, state on `self`; no Flower
 types ever reach an aggregator. Optional needs are declared as class attributes and honoured by
 `call_aggregator`: `needs_client_ids` (stable partition ids, e.g. FoolsGold's per-client history),
-`needs_probe` (a behaviour-probe defense) and `takes_reserves`: the rows come in priority order
-(the round's sampled clients, then its reserve clients in draw order) and the rule aggregates at
-most `keep_at_most` of them, the first it keeps, so reserves stand in for excluded clients;
-the unused ones get weight 0, unflagged. `min_clients` says how many replies a rule needs; the
-strategy keeps the previous global adapter below it.
+`needs_probe` (a behaviour-probe defense), `needs_malicious` (the run's ground truth, one bool per
+row: for reference rules such as `oracle`, never for a defense) and `takes_reserves`: the rows
+come in priority order (the round's sampled clients, then its reserve clients in draw order) and
+the rule aggregates at most `keep_at_most` of them, the first it keeps, so reserves stand in for
+excluded clients; the unused ones get weight 0, unflagged. `min_clients` says how many replies a
+rule needs; the strategy keeps the previous global adapter below it.
 
 Conventions shared by the built-in rules:
 - averages are examples-weighted (as FedAvg); coordinate-wise order statistics (median,
@@ -62,7 +63,7 @@ def validate_updates(updates: torch.Tensor, weights: torch.Tensor) -> None:
 
 def call_aggregator(agg, updates: torch.Tensor, weights: torch.Tensor, *,
                     client_ids: Sequence[int] | None = None, probe: Any = None,
-                    keep_at_most: int | None = None) -> AggregationResult:
+                    malicious: Sequence[bool] | None = None, keep_at_most: int | None = None) -> AggregationResult:
     """Call `agg` with only what it declares it needs, then check the result's shapes."""
     n, d = updates.shape
     extra: dict[str, Any] = {}
@@ -74,6 +75,10 @@ def call_aggregator(agg, updates: torch.Tensor, weights: torch.Tensor, *,
         if probe is None:
             raise ValueError(f"{_name(agg)} needs a behaviour probe, none was given")
         extra["probe"] = probe
+    if getattr(agg, "needs_malicious", False):
+        if malicious is None or len(malicious) != n:
+            raise ValueError(f"{_name(agg)} needs malicious, one bool per update row ({n})")
+        extra["malicious"] = [bool(m) for m in malicious]
     if getattr(agg, "takes_reserves", False):
         extra["keep_at_most"] = n if keep_at_most is None else keep_at_most
     result = agg(updates, weights, **extra)

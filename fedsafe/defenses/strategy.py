@@ -198,6 +198,7 @@ class RobustStrategy(FedAvg):
         ids = [u.partition_id for u in updates]
         probe = None if self.probe is None else (lambda u: self.probe(self.global_state, u))
         result = call_aggregator(self.aggregator, stacked, weights, client_ids=ids, probe=probe,
+                                 malicious=[self.settings.is_malicious(p) for p in ids],
                                  keep_at_most=self.settings.clients.per_round)
         scores = result.scores.tolist() if result.scores is not None else [None] * len(updates)
         for u, w, flag, score in zip(updates, result.weights.tolist(), result.flagged.tolist(), scores):

@@ -15,8 +15,9 @@ MALICIOUS = [False] * (N - F) + [True] * F
 # Defense parameters for a known f = 4 (defaults elsewhere); beta = f / n trims every attacker.
 PARAMS = {"trimmed-mean": {"beta": F / N}, "krum": {"num_malicious": F}, "multi-krum": {"num_malicious": F},
           "bulyan": {"num_malicious": F}, "dnc": {"num_malicious": F}}
-# safety-probe judges behaviour through a model probe, not geometry: tested in tests/test_safety_probe.py
-ROBUST = [name for name in available() if name not in ("fedavg", "foolsgold", "safety-probe")]
+# safety-probe judges behaviour through a model probe, not geometry: tested in tests/test_safety_probe.py;
+# oracle reads the ground truth instead of detecting anything: tests/defenses/test_oracle.py
+ROBUST = [name for name in available() if name not in ("fedavg", "foolsgold", "safety-probe", "oracle")]
 
 
 def benign(seed, n=N - F, spread=0.1):

@@ -20,7 +20,8 @@ def norm_probe(updates):
 def run(name, updates, weights, ids=None, agg=None):
     agg = agg or get_aggregator(name)
     ids = list(range(100, 100 + len(weights))) if ids is None else ids
-    return call_aggregator(agg, updates, weights, client_ids=ids, probe=norm_probe)
+    malicious = [i % 3 == 0 for i in ids]  # a ground truth for reference rules, tied to each client
+    return call_aggregator(agg, updates, weights, client_ids=ids, probe=norm_probe, malicious=malicious)
 
 
 def sample(n, seed=0):

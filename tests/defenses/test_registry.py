@@ -12,7 +12,7 @@ from fedsafe.defenses import (AggregationResult, available, call_aggregator, get
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILT_INS = ["bulyan", "dnc", "fedavg", "flame", "foolsgold", "krum", "median", "multi-krum",
-             "norm-bound", "residual", "safety-probe", "trimmed-mean"]
+             "norm-bound", "oracle", "residual", "safety-probe", "trimmed-mean"]
 
 
 @pytest.fixture
