@@ -10,7 +10,9 @@ updates (n, d), resets the peak RSS, then times the aggregator (median of 5 afte
 rule whose warmup takes over 20 s is timed by that single run). Reported: median seconds, the
 ratio to FedAvg in the same run, and peak RSS growth over the process before the stack was
 allocated, in units of the stack size ("2.0" = the stack plus one stack's worth of extras).
-Targets: time <= 5x FedAvg at n=50, d=16.8M; peak <= 2x the stack.
+Targets: time <= 5x FedAvg at n=50, d=16.8M; peak <= 2x the stack. Rules that need the
+behaviour probe (`safety-probe`) cost what the probe costs, on the model: `python bench/probe.py`.
+`oracle` gets a ground truth (the last fifth of the rows malicious).
 """
 
 from __future__ import annotations
@@ -40,17 +42,17 @@ def worker(name: str, n: int, d: int, threads: int | None) -> dict:
         torch.set_num_threads(threads)
     # One tiny call first: lazy imports (sklearn for FLAME) and thread pools are not the rule's cost.
     tiny = torch.randn(n, 256, generator=torch.Generator().manual_seed(2))
-    call_aggregator(get_aggregator(name), tiny, torch.ones(n), client_ids=list(range(n)))
+    ids, malicious = list(range(n)), [i >= n - n // 5 for i in range(n)]
+    call_aggregator(get_aggregator(name), tiny, torch.ones(n), client_ids=ids, malicious=malicious)
     agg = get_aggregator(name)
     base = current_rss_mb()
     updates = torch.randn(n, d, generator=torch.Generator().manual_seed(0))  # (n, d) fp32
     weights = torch.randint(10, 100, (n,), generator=torch.Generator().manual_seed(1)).float()
     stacked = updates.numel() * 4 / 2**20
     measured_peak = reset_peak_rss()
-    ids = list(range(n))
 
     def run():
-        call_aggregator(agg, updates, weights, client_ids=ids)
+        call_aggregator(agg, updates, weights, client_ids=ids, malicious=malicious)
 
     start = time.perf_counter()
     run()  # warmup
@@ -84,9 +86,12 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from fedsafe.defenses import available
+    from fedsafe.defenses import available, get_aggregator
 
-    names = ["fedavg"] + [a for a in (args.only or available()) if a != "fedavg"]
+    probed = [a for a in (args.only or available()) if getattr(get_aggregator(a), "needs_probe", False)]
+    if args.only and probed:
+        parser.error(f"--only {','.join(probed)}: the behaviour probe is its cost; python bench/probe.py")
+    names = ["fedavg"] + [a for a in (args.only or available()) if a != "fedavg" and a not in probed]
     dims = args.d or (QUICK_D if args.quick else FULL_D)
     rows, figures = [], {"time_ratio": {}, "memory_ratio": {}}
     for n in args.n:
