@@ -138,6 +138,9 @@ def test_flagging_exactly_the_attackers_trains_the_oracles_model(tiny_model_dir,
         oracle, probed = (models.load_adapter_file(d / "adapters" / name) for d in (run_dir, probe_dir))
         assert all(torch.equal(oracle[k], probed[k]) for k in oracle)
     assert results["detection"]["recall"] == 1.0 and results["detection"]["precision"] == 1.0
+    assert all(r["ground_truth"] for r in results["rounds"])
+    assert not any("ground_truth" in r for r in probe_results["rounds"])
+    assert "its flags are the ground truth" in (run_dir / "report.md").read_text()
 
 
 def test_reserves_stand_in_for_excluded_updates_in_row_order():

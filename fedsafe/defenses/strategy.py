@@ -212,6 +212,8 @@ class RobustStrategy(FedAvg):
             })
         record["detection"] = detection_metrics([c["flagged"] for c in record["clients"]],
                                                 [c["malicious"] for c in record["clients"]])
+        if getattr(self.aggregator, "needs_malicious", False):  # its flags are the truth, not a detection
+            record["ground_truth"] = True
         if result.info:
             record["aggregator"] = result.info
         return models.unflatten(global_flat + result.update, self.global_state)

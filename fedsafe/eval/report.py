@@ -174,6 +174,9 @@ def _detection_section(results: dict, rounds: list[dict], malicious: set[int]) -
     if any(row[1] != DASH or row[5] != DASH for row in rows):
         header = ["round", "aggregated clients (* malicious)", "flagged", "precision", "recall"]
         lines += [*markdown_table(header + ["dropped"], rows), ""]
+        if any(r.get("ground_truth") for r in rounds):
+            lines += ["The aggregator read which clients are malicious (a reference such as `oracle`): its "
+                      "flags are the ground truth, not a detection.", ""]
         if kept_previous:
             lines += [f"{DAGGER} too few valid replies: the previous global adapter was kept.", ""]
     return ["## Detection", "", *lines] if lines else []

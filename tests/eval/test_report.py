@@ -97,6 +97,13 @@ def test_report_failed_clients_and_kept_previous(tmp_path, results):
     assert "| initial | 5.0 % | 0.0 % | -1.900 | \u2013 |" in text
 
 
+def test_report_says_when_flags_are_the_ground_truth(tmp_path, results):
+    note = "its flags are the ground truth, not a detection"
+    assert note not in write_report(_run_dir(tmp_path, results)).read_text()
+    results["rounds"][0]["ground_truth"] = True
+    assert note in write_report(_run_dir(tmp_path, results)).read_text()
+
+
 def test_report_minimal(tmp_path):
     run_dir = _run_dir(tmp_path, {"config": {}, "rounds": []})
     text = write_report(run_dir).read_text()
