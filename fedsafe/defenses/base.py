@@ -86,6 +86,28 @@ def call_aggregator(agg, updates: torch.Tensor, weights: torch.Tensor, *,
     return result
 
 
+def first_kept(flagged: torch.Tensor, keep_at_most: int | None = None) -> torch.Tensor:
+    """(k,) indices of the first `keep_at_most` rows not flagged (all when None): reserves come
+    last, so they stand in for excluded rows only as far as the round needs them."""
+    return (~flagged).nonzero().flatten()[:keep_at_most]
+
+
+def aggregate_kept(fallback, updates: torch.Tensor, weights: torch.Tensor, flagged: torch.Tensor,
+                   kept: torch.Tensor) -> AggregationResult:
+    """For rules that exclude: `fallback` aggregates the `kept` rows, its weights land on them (0
+    elsewhere) and its own flags are added to `flagged`. Nothing kept: a zero update and all
+    weights 0, so the global adapter stays as it is."""
+    full = torch.zeros(len(weights), dtype=torch.float64)
+    if kept.numel() == 0:
+        return AggregationResult(update=torch.zeros(updates.shape[1], dtype=updates.dtype), weights=full,
+                                 flagged=flagged)
+    inner = call_aggregator(fallback, updates[kept], weights[kept])
+    full[kept] = inner.weights.double()
+    flagged = flagged.clone()
+    flagged[kept] |= inner.flagged
+    return AggregationResult(update=inner.update, weights=full, flagged=flagged)
+
+
 def check_result(result: AggregationResult, n: int, d: int, name: str = "aggregator") -> None:
     """Guard against aggregators (user ones above all) that break the contract."""
     if not isinstance(result, AggregationResult):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from fedsafe.defenses.base import AggregationResult
+from fedsafe.defenses.base import AggregationResult, aggregate_kept, first_kept
 from fedsafe.defenses.fedavg import FedAvg
 from fedsafe.defenses.registry import register
 
@@ -23,12 +23,5 @@ class Oracle:
 
     def __call__(self, updates: torch.Tensor, weights: torch.Tensor, *, malicious,
                  keep_at_most: int | None = None) -> AggregationResult:
-        flagged = torch.tensor([bool(m) for m in malicious], dtype=torch.bool)  # (n,)
-        kept = (~flagged).nonzero().flatten()[:keep_at_most]  # None: all
-        full = torch.zeros(len(weights), dtype=torch.float64)
-        if kept.numel() == 0:  # every update is an attacker's: the global adapter stays as it is
-            return AggregationResult(update=torch.zeros(updates.shape[1], dtype=updates.dtype), weights=full,
-                                     flagged=flagged)
-        inner = FedAvg()(updates[kept], weights[kept])
-        full[kept] = inner.weights
-        return AggregationResult(update=inner.update, weights=full, flagged=flagged)
+        flagged = torch.tensor(malicious, dtype=torch.bool)  # (n,)
+        return aggregate_kept(FedAvg(), updates, weights, flagged, first_kept(flagged, keep_at_most))

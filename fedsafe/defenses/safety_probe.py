@@ -29,9 +29,11 @@ no model, no Flower.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from fedsafe.defenses.base import AggregationResult, call_aggregator
+from fedsafe.defenses.base import AggregationResult, aggregate_kept, first_kept
 from fedsafe.defenses.registry import get_aggregator, register
 
 PROBE_SCALES = ("median-norm", "as-sent")
@@ -91,18 +93,14 @@ class SafetyProbe:
         outlier = refusal < median - self.k * spread if spread > 0 else torch.zeros_like(refusal, dtype=torch.bool)
         floor = median.clamp(min=-self.tolerance, max=0) - self.tolerance  # between -2 and -1 tolerance
         flagged = outlier | (refusal < floor)  # (n,)
-        kept = (~flagged).nonzero().flatten()[:keep_at_most]  # None: all
+        kept = first_kept(flagged, keep_at_most)
         info = {"probe": [[round(float(v), 5) for v in row] for row in scores], "fallback": self.fallback_name,
                 "probe_factors": [round(float(f), 5) for f in factors]}
         if kept.numel() == 0:  # nobody passes: the global adapter stays as it is
-            return AggregationResult(update=torch.zeros(updates.shape[1]), weights=torch.zeros(len(refusal)),
-                                     flagged=flagged, scores=refusal, info={**info, "all_flagged": True})
+            info["all_flagged"] = True
         if self.cap_weights:  # an update weighs no more than its size backs: tiny ones cannot dilute the step
             weights = weights * ratios.clamp(max=1.0)
         if self.margin_weight > 0:
             weights = lean_toward_safety(weights, refusal - scores[:, 2].double(), kept, self.margin_weight)
-        inner = call_aggregator(self.fallback, updates[kept], weights[kept])
-        full = torch.zeros(len(refusal), dtype=torch.float64)
-        full[kept] = inner.weights.double()
-        flagged[kept] |= inner.flagged
-        return AggregationResult(update=inner.update, weights=full, flagged=flagged, scores=refusal, info=info)
+        result = aggregate_kept(self.fallback, updates, weights, flagged, kept)
+        return replace(result, scores=refusal, info=info)
