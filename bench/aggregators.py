@@ -88,10 +88,11 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from fedsafe.defenses import available, get_aggregator
 
-    probed = [a for a in (args.only or available()) if getattr(get_aggregator(a), "needs_probe", False)]
+    candidates = args.only or available()
+    probed = [a for a in candidates if getattr(get_aggregator(a), "needs_probe", False)]
     if args.only and probed:
         parser.error(f"--only {','.join(probed)}: the behaviour probe is its cost; python bench/probe.py")
-    names = ["fedavg"] + [a for a in (args.only or available()) if a != "fedavg" and a not in probed]
+    names = ["fedavg"] + [a for a in candidates if a != "fedavg" and a not in probed]
     dims = args.d or (QUICK_D if args.quick else FULL_D)
     rows, figures = [], {"time_ratio": {}, "memory_ratio": {}}
     for n in args.n:

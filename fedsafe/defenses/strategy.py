@@ -196,22 +196,21 @@ class RobustStrategy(FedAvg):
         stacked = torch.stack([u.delta for u in updates])  # (n, d)
         weights = torch.tensor([float(u.num_examples) for u in updates])  # (n,)
         ids = [u.partition_id for u in updates]
+        malicious = [self.settings.is_malicious(p) for p in ids]  # recorded; given only to rules asking for it
         probe = None if self.probe is None else (lambda u: self.probe(self.global_state, u))
         result = call_aggregator(self.aggregator, stacked, weights, client_ids=ids, probe=probe,
-                                 malicious=[self.settings.is_malicious(p) for p in ids],
-                                 keep_at_most=self.settings.clients.per_round)
+                                 malicious=malicious, keep_at_most=self.settings.clients.per_round)
         scores = result.scores.tolist() if result.scores is not None else [None] * len(updates)
-        for u, w, flag, score in zip(updates, result.weights.tolist(), result.flagged.tolist(), scores):
+        for u, bad, w, flag, score in zip(updates, malicious, result.weights.tolist(), result.flagged.tolist(),
+                                          scores):
             record["clients"].append({
-                "partition_id": u.partition_id, "node_id": u.node_id,
-                "malicious": self.settings.is_malicious(u.partition_id), "flagged": bool(flag),
+                "partition_id": u.partition_id, "node_id": u.node_id, "malicious": bad, "flagged": bool(flag),
                 "weight": round(w, 6), "score": score, "num_examples": u.num_examples,
                 "train_loss": u.metrics.get("train_loss"), "update_norm": round(float(u.delta.norm()), 6),
                 "update_scale": u.metrics.get("update_scale", 1.0),  # < 1: a probe-aware attacker scaled down
                 "reserve": u.partition_id in self.reserves,
             })
-        record["detection"] = detection_metrics([c["flagged"] for c in record["clients"]],
-                                                [c["malicious"] for c in record["clients"]])
+        record["detection"] = detection_metrics(result.flagged.tolist(), malicious)
         if getattr(self.aggregator, "needs_malicious", False):  # its flags are the truth, not a detection
             record["ground_truth"] = True
         if result.info:
