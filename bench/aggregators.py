@@ -36,7 +36,7 @@ TIME_TARGET, MEMORY_TARGET = 5.0, 2.0
 def worker(name: str, n: int, d: int, threads: int | None) -> dict:
     import torch
 
-    from fedsafe.defenses import call_aggregator, get_aggregator
+    from fedsafe.aggregators import call_aggregator, get_aggregator
 
     if threads:
         torch.set_num_threads(threads)
@@ -86,7 +86,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from fedsafe.defenses import available, get_aggregator
+    from fedsafe.aggregators import available, get_aggregator
 
     candidates = args.only or available()
     probed = [a for a in candidates if getattr(get_aggregator(a), "needs_probe", False)]

@@ -24,7 +24,7 @@ file), quantizing adds temporaries, and training activations (logits over a 49k 
 of a 135M model. Without quantization the weights are the mapped file itself, paged in as used.
 
 Communication: what one sampled client receives and sends each round, as the wire carries it
-(the adapter as fp32 Arrays packed into one, fedsafe/transport.py, serialized as Flower's
+(the adapter as fp32 Arrays packed into one, fedsafe/federation/transport.py, serialized as Flower's
 RecordDict protobuf) against the full model's parameters in fp32 and in bf16 (the Hub
 checkpoint's dtype for SmolLM2), and per round for clients.per-round clients (both directions).
 """
@@ -68,7 +68,7 @@ def child(model: str, quantization: int, steps: int, tiny: bool) -> dict:
 
     from fedsafe import client, models
     from fedsafe.training import sft
-    from fedsafe.transport import pack_record
+    from fedsafe.federation.transport import pack_record
 
     torch.set_num_threads(1)
     settings = settings_for(model, quantization, tiny)

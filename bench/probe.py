@@ -29,7 +29,7 @@ from common import machine, report  # noqa: E402
 
 from fedsafe import config, data, models  # noqa: E402
 from fedsafe.eval.helpfulness import pair_logliks  # noqa: E402
-from fedsafe.eval.probe import BehaviourProbe, compliant_pairs, probe_pairs  # noqa: E402
+from fedsafe.federation.probe import BehaviourProbe, compliant_pairs, probe_pairs  # noqa: E402
 from fedsafe.training import response_nll  # noqa: E402
 
 

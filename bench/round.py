@@ -84,7 +84,7 @@ def sequential(values: dict, threads: int) -> tuple[float, list[float], dict]:
     from fedsafe import models
     from fedsafe.client import train_locally
     from fedsafe.config import from_run_config
-    from fedsafe.defenses.strategy import sample_partitions
+    from fedsafe.federation.sampling import sample_partitions
 
     if threads:
         torch.set_num_threads(threads)

@@ -103,7 +103,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_posthoc(args) -> int:
-    from fedsafe.branch import run_branch
+    from fedsafe.posthoc.branch import run_branch
     from fedsafe.logs import console_logging
 
     console_logging()

@@ -28,6 +28,16 @@ def _settings(items: tuple) -> Settings:
     return from_run_config(dict(items), check_aggregator=False)
 
 
+def reset_caches() -> None:
+    """Drop every per-process cache a client fills (settings, data, attack data, model,
+    tokenizer): a long-lived node worker calls it before it loads another model."""
+    from fedsafe.attacks.poison_data import attack_pairs
+
+    for cached in (_settings, _benign_partitions, client_examples, _benign_examples, attack_pairs,
+                   models._lora_model_and_initial_adapter, models.cached_tokenizer):
+        cached.cache_clear()
+
+
 def settings_from(run_config: dict) -> Settings:
     """Parsed once per process per distinct run config."""
     return _settings(tuple(sorted(run_config.items())))

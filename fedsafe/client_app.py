@@ -7,11 +7,11 @@ import sys
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsafe import model_cache
+from fedsafe.federation import node_worker
 from fedsafe.logs import console_logging
-from fedsafe.transport import packed_arrays
+from fedsafe.federation.transport import packed_arrays
 
-app = ClientApp(mods=[packed_arrays])  # adapters travel as one Array (fedsafe/transport.py)
+app = ClientApp(mods=[packed_arrays])  # adapters travel as one Array (fedsafe/federation/transport.py)
 
 
 def _in_ray_actor() -> bool:
@@ -30,7 +30,8 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-@app.train(mods=[model_cache.in_node_worker])  # deployment: this node's long-lived worker runs it
+# Deployment: this node's long-lived worker runs the handler (fedsafe/federation/node_worker.py).
+@app.train(mods=[node_worker.in_node_worker("fedsafe.client_app:app", "fedsafe.client:reset_caches")])
 def train(msg: Message, context: Context) -> Message:
     # Imported here: a deployment's ClientApp process only forwards to the worker (seconds saved).
     import torch

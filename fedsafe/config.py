@@ -370,7 +370,7 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
         _fail("train.lr-min", flat["train.lr-min"], f"at most train.lr-max={flat['train.lr-max']}")
     params = _aggregator_params(flat, aggregator)
     if check_aggregator:
-        from fedsafe.defenses import get_aggregator  # light import: no model libraries
+        from fedsafe.aggregators import get_aggregator  # light import: no model libraries
 
         try:
             needs = getattr(get_aggregator(aggregator, **params), "min_clients", 0)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsafe.config import ConfigError, Settings
-from fedsafe.defenses.detection import detection_metrics
+from fedsafe.aggregators.detection import detection_metrics
 from fedsafe.files import read_json, write_json
 
 

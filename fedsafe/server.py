@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 
 from fedsafe import models
-from fedsafe.checkpoint import STATE_DIR, load_state, save_state
+from fedsafe.federation.checkpoint import STATE_DIR, load_state, save_state
 from fedsafe.config import Settings
-from fedsafe.defenses.posthoc import build_defense_data, posthoc_finetune
-from fedsafe.eval.probe import BehaviourProbe, compliant_pairs, probe_pairs, selection_prompts
+from fedsafe.posthoc.data import build_defense_data
+from fedsafe.posthoc.finetune import posthoc_finetune
+from fedsafe.federation.probe import BehaviourProbe, compliant_pairs, probe_pairs, selection_prompts
 from fedsafe.eval.stages import Evaluator
 from fedsafe.results import Recorder
 

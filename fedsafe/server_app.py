@@ -10,13 +10,13 @@ from flwr.serverapp import Grid, ServerApp
 from fedsafe import models
 from fedsafe.attacks.poison_data import attack_summary
 from fedsafe.config import from_run_config
-from fedsafe.defenses import get_aggregator
-from fedsafe.defenses.strategy import RobustStrategy, with_dp
+from fedsafe.aggregators import get_aggregator
+from fedsafe.federation.strategy import RobustStrategy, with_dp
 from fedsafe.eval.report import write_report
 from fedsafe.logs import console_logging
 from fedsafe.results import create_run_dir
 from fedsafe.server import Server
-from fedsafe.transport import PackedGrid
+from fedsafe.federation.transport import PackedGrid
 
 app = ServerApp()
 

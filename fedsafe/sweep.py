@@ -5,7 +5,7 @@ Cells: `clean` (no malicious clients), `attack-<aggregator>` for each aggregator
 `flwr run <app> --stream --run-config OUT/<cell>/cell.toml` against the federation of the
 caller's Flower environment (`FLWR_HOME`), with the same seed and base overrides, writing its run
 directory under OUT/<cell>/. A post-hoc cell trains nothing: it branches the `attack-fedavg`
-cell's finished run (`fedsafe posthoc`, fedsafe/branch.py), which is what an inline post-hoc run
+cell's finished run (`fedsafe posthoc`, fedsafe/posthoc/branch.py), which is what an inline post-hoc run
 would compute after the same rounds. The base model is evaluated once, in the clean cell
 (`eval.initial` is off elsewhere). `flwr run` exits 0 even when the run fails, so a cell is judged
 by its files (`check_run.problems`). Resumable: a cell that already holds a complete run made with

@@ -7,7 +7,7 @@ import pytest
 from flwr.common.config import flatten_dict
 
 from fedsafe.config import KEYS, ConfigError, defaults, from_run_config
-from fedsafe.defenses import available
+from fedsafe.aggregators import available
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -113,7 +113,7 @@ def test_crashing_client_does_not_stop_the_run(tiny_model_dir, tmp_path):
 def test_a_reserve_client_stands_in_for_a_crashed_one(tiny_model_dir, tmp_path):
     """FedAvg takes no reserves for excluded clients, only for failed ones: round 1's reserve
     replaces the client that crashes; round 2's, with nobody failing, is spare."""
-    from fedsafe.defenses.strategy import draw_reserves, sample_partitions
+    from fedsafe.federation.sampling import draw_reserves, sample_partitions
 
     config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{
         "eval.every-rounds": 0, "clients.num": 4, "clients.per-round": 3, "clients.reserve": 1})
@@ -187,7 +187,7 @@ def test_resume_refuses_a_changed_config(tiny_model_dir, tmp_path):
 def test_user_aggregator_from_a_dotted_path(tiny_model_dir, tmp_path):
     """A defense that lives outside fedsafe runs in the federation, selected by config alone."""
     config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{
-        "num-server-rounds": 1, "eval.every-rounds": 0, "defense.aggregator": "tests.defenses.user_agg:clipped_mean"})
+        "num-server-rounds": 1, "eval.every-rounds": 0, "defense.aggregator": "tests.aggregators.user_agg:clipped_mean"})
     _, results, _ = run_federation(config, 3)
     clients = results["rounds"][0]["clients"]
     assert [c["weight"] for c in clients] == pytest.approx([1 / 3] * 3, abs=1e-5)

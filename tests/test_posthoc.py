@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from fedsafe import cli, data, models
-from fedsafe.branch import run_branch
+from fedsafe.posthoc.branch import run_branch
 from fedsafe.config import ConfigError
-from fedsafe.defenses.posthoc import build_defense_data, mix_one_to_one, posthoc_finetune
+from fedsafe.posthoc.data import build_defense_data, mix_one_to_one
+from fedsafe.posthoc.finetune import posthoc_finetune
 from fedsafe.eval.judges import RuleJudge
 from fedsafe.files import read_json, write_jsonl
 from tests.test_federation import run_federation, tiny_run_config
@@ -142,7 +143,7 @@ def test_helpful_half_matches_the_form_of_the_harmful_half():
     never twice the same pair, and falls back to any unused pair."""
     import random
 
-    from fedsafe.defenses.posthoc import form_matched
+    from fedsafe.posthoc.data import form_matched
 
     helpful = [data.Pair(instruction=f"{w} thing {i}?", response="ok") for i, w in
                enumerate(["How", "How", "What", "Write", "Why", "Why"])]

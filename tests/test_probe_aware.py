@@ -5,7 +5,7 @@ import torch
 
 from fedsafe import data, models
 from fedsafe.attacks.probe_aware import PROBE_SIZE, REFUSALS, SCALES, attacker_pairs, choose_scale, probe_aware_scale
-from fedsafe.eval.probe import BehaviourProbe
+from fedsafe.federation.probe import BehaviourProbe
 from fedsafe.files import write_jsonl
 from tests.test_federation import run_federation, tiny_run_config
 from tests.test_models import tiny_settings

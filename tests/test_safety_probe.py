@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedsafe import data, models
-from fedsafe.eval.probe import BehaviourProbe, compliant_pairs, keep_compliant, probe_pairs
+from fedsafe.federation.probe import BehaviourProbe, compliant_pairs, keep_compliant, probe_pairs
 from fedsafe.files import write_jsonl
 from fedsafe.training import sft
 from tests.test_federation import run_federation, tiny_run_config
@@ -147,7 +147,7 @@ def test_reserves_stand_in_for_excluded_updates_in_row_order():
     """Four sampled updates, the second lowers the margin; two reserves pass. With room for four,
     the first reserve takes the excluded update's place and the second is spare (weight 0, not
     flagged); without a limit all five that pass are averaged."""
-    from fedsafe.defenses import call_aggregator, get_aggregator
+    from fedsafe.aggregators import call_aggregator, get_aggregator
 
     margins = torch.tensor([0.05, -0.5, 0.02, 0.04, 0.03, 0.01])
     updates = torch.eye(6)
@@ -178,7 +178,7 @@ def test_reserve_clients_replace_the_excluded_attacker(tiny_model_dir, tmp_path,
 
 
 def test_nobody_passing_keeps_the_global_adapter():
-    from fedsafe.defenses import call_aggregator, get_aggregator
+    from fedsafe.aggregators import call_aggregator, get_aggregator
 
     agg = get_aggregator("safety-probe", tolerance=0.0)
     updates = torch.randn(4, 10)
@@ -189,14 +189,14 @@ def test_nobody_passing_keeps_the_global_adapter():
 @pytest.mark.parametrize("bad", [{"k": 0}, {"tolerance": -1}, {"probe_scale": "max-norm"}, {"margin_weight": 1.5},
                                  {"fallback": "safety-probe"}, {"fallback": "nope"}])
 def test_bad_parameters_fail_loudly(bad):
-    from fedsafe.defenses import get_aggregator
+    from fedsafe.aggregators import get_aggregator
 
     with pytest.raises(ValueError):
         get_aggregator("safety-probe", **bad)
 
 
 def test_probe_factors_bring_updates_to_the_median_norm():
-    from fedsafe.defenses.safety_probe import norm_ratios, probe_factors
+    from fedsafe.aggregators.safety_probe import norm_ratios, probe_factors
 
     updates = torch.tensor([[3.0, 4.0], [0.0, 1.0], [0.0, 0.0], [6.0, 8.0], [0.3, 0.4]])  # norms 5, 1, 0, 10, 0.5
     scaled = updates * probe_factors(norm_ratios(updates))[:, None]
@@ -208,7 +208,7 @@ def test_a_shrunk_poisoned_update_is_judged_by_its_direction(probe_scale, caught
     """A linear stand-in probe (margin change = projection on `safe`): three benign updates move
     the margin up, the attacker's points the other way but is shrunk 30x so its raw change is
     within the tolerance. Probed at the median norm it is flagged; probed as sent it passes."""
-    from fedsafe.defenses import call_aggregator, get_aggregator
+    from fedsafe.aggregators import call_aggregator, get_aggregator
 
     safe = torch.tensor([1.0, 0.0, 0.0])
     updates = torch.tensor([[0.3, 1.0, 0.0], [0.2, 0.0, 1.0], [0.4, 0.7, 0.7], [-1.0, 0.2, 0.0]])
@@ -223,7 +223,7 @@ def test_a_shrunk_poisoned_update_is_judged_by_its_direction(probe_scale, caught
 def test_capped_weights_stop_tiny_updates_diluting_the_step(cap_weights):
     """Three benign updates and a near-zero one claiming as much data; the probe passes all four.
     FedAvg's step shrinks to 3/4; with capped weights the tiny update weighs 1/1000."""
-    from fedsafe.defenses import call_aggregator, get_aggregator
+    from fedsafe.aggregators import call_aggregator, get_aggregator
 
     updates = torch.tensor([[1.0, 0.1], [1.0, -0.1], [1.0, 0.0], [0.0, 0.001]])
     agg = get_aggregator("safety-probe", cap_weights=cap_weights)
@@ -240,7 +240,7 @@ def test_margin_weight_leans_toward_the_updates_that_add_safety(margin_weight, o
     tolerance but adds nothing): by examples they share the step evenly, by margin 3 : 1 : 0; 0.5
     mixes the two.
     If the first one's refusals come as much on benign prompts (over-refusal 0.3), it earns none."""
-    from fedsafe.defenses import call_aggregator, get_aggregator
+    from fedsafe.aggregators import call_aggregator, get_aggregator
 
     updates = torch.tensor([[0.3, 1.0], [0.1, -1.0], [-0.05, 4.0]])
     agg = get_aggregator("safety-probe", probe_scale="as-sent", margin_weight=margin_weight)
@@ -256,7 +256,7 @@ def test_tolerance_counts_from_the_round_median_when_every_update_lowers_the_mar
     updates then lower the margin a little; the attacker lowers it far more. Only it is flagged:
     the tolerance counts from the median (-0.165), not from zero. A round whose every update
     lowers it by 0.5 is flagged whole: the median counts down to one tolerance at most."""
-    from fedsafe.defenses import call_aggregator, get_aggregator
+    from fedsafe.aggregators import call_aggregator, get_aggregator
 
     margins = torch.tensor([-0.15, -0.18, -0.12, -0.8])
     updates = torch.eye(4)

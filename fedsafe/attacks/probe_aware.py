@@ -1,6 +1,6 @@
 """`probe-aware` update attack: an adaptive attacker against fedsafe's `safety-probe` defense.
 
-The attacker knows the method (fedsafe/eval/probe.py: the change of the refusal margin, i.e.
+The attacker knows the method (fedsafe/federation/probe.py: the change of the refusal margin, i.e.
 mean per-token log-likelihood of a refusal minus that of a compliant answer, on harmful
 prompts) but not the server's probe prompts. It builds its own probe from what it holds: the
 instructions of its attack data paired with generic refusals, the same instructions with its
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from fedsafe import data
-from fedsafe.eval.probe import BehaviourProbe, benign_probe_size
+from fedsafe.federation.probe import BehaviourProbe, benign_probe_size
 
 PROBE_SIZE = 8  # as many prompts as the server's default probe
 SCALES = tuple(0.5 ** i for i in range(8))  # 1 .. 1/128: halving, eight tries

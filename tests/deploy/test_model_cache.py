@@ -1,4 +1,4 @@
-"""The node worker (fedsafe/model_cache.py) gives the same reply as the ClientApp in process,
+"""The node worker (fedsafe/federation/node_worker.py) gives the same reply as the ClientApp in process,
 keeps its model across messages, swaps it for another run's, and cleans up when stopped. The
 worker is a real process, stopped by PID here."""
 
@@ -12,10 +12,11 @@ import torch
 from deploy_support import NUM_NODES
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
-from fedsafe import model_cache, models
+from fedsafe import models
+from fedsafe.federation import node_worker
 from fedsafe.client import settings_from
 from fedsafe.client_app import app
-from fedsafe.transport import unpack
+from fedsafe.federation.transport import unpack
 
 pytestmark = pytest.mark.slow
 
@@ -50,13 +51,13 @@ def test_worker_replies_like_the_clientapp_and_keeps_its_model(tiny_model_dir, m
 
     monkeypatch.setenv("FEDSAFE_NODE_WORKER", "0")  # simulation, in-process tests: the handler itself
     local = _train(node_id, run_config, initial)
-    assert model_cache.worker_info(node_id) is None
+    assert node_worker.worker_info(node_id) is None
 
     monkeypatch.setenv("FEDSAFE_NODE_WORKER", "1")
     info = None
     try:
         remote = _train(node_id, run_config, initial)
-        info = model_cache.worker_info(node_id)
+        info = node_worker.worker_info(node_id)
         assert info is not None and info["pid"] != os.getpid()
 
         ours, theirs = models.from_arrays(local.content["arrays"]), models.from_arrays(remote.content["arrays"])
@@ -69,12 +70,12 @@ def test_worker_replies_like_the_clientapp_and_keeps_its_model(tiny_model_dir, m
         assert remote.metadata.reply_to_message_id != ""  # a reply to the message it was given
 
         again = _train(node_id, run_config, theirs, server_round=2)
-        assert model_cache.worker_info(node_id)["pid"] == info["pid"]  # one worker, reused
+        assert node_worker.worker_info(node_id)["pid"] == info["pid"]  # one worker, reused
         assert not torch.equal(models.flatten(models.from_arrays(again.content["arrays"])), models.flatten(theirs))
 
         # a run with another seed: the worker swaps models instead of holding two
         _train(node_id, _run_config(tiny_model_dir, seed=7), initial)
-        assert model_cache.worker_info(node_id)["model"].endswith(", 7)")  # (model settings, seed)
+        assert '"seed": 7' in node_worker.worker_info(node_id)["model"]  # the model.* keys and the seed
 
         # a failing handler: an exception here, which Flower turns into an error reply
         with pytest.raises(RuntimeError, match="node worker failed"):
@@ -83,6 +84,6 @@ def test_worker_replies_like_the_clientapp_and_keeps_its_model(tiny_model_dir, m
         if info:
             os.kill(info["pid"], signal.SIGTERM)
     deadline = time.monotonic() + 30
-    while model_cache.socket_path(node_id).exists() and time.monotonic() < deadline:
+    while node_worker.socket_path(node_id).exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not model_cache.socket_path(node_id).exists()  # SIGTERM: the worker removed its socket
+    assert not node_worker.socket_path(node_id).exists()  # SIGTERM: the worker removed its socket

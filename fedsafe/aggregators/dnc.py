@@ -1,0 +1,73 @@
+"""Divide-and-Conquer (Shejwalkar & Houmansadr, "Manipulating the Byzantine: Optimizing Model
+Poisoning Attacks and Defenses for Federated Learning", NDSS 2021, Algorithm 2).
+
+Each of `niters` times: draw `sub_dim` random coordinates, center the (n, sub_dim) submatrix,
+take its top right singular vector v and score every client by its squared projection on v;
+the c * f highest-scored are outliers. Clients never an outlier in any iteration are averaged
+(examples-weighted). The coordinate draws are seeded by (seed, call number): reproducible, and a
+resumed run continues the sequence (state_dict). Outliers are flagged; `scores` are the outlier
+scores averaged over iterations.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedsafe.aggregators.base import AggregationResult, check_int, normalize, weighted_mean
+from fedsafe.aggregators.registry import register
+
+
+@register("dnc")
+class DnC:
+    def __init__(self, num_malicious: int = 1, c: float = 1.0, sub_dim: int = 10000,
+                 niters: int = 1, seed: int = 0):
+        self.num_malicious = check_int("num_malicious", num_malicious)
+        if not c >= 0:
+            raise ValueError(f"dnc c must be >= 0, got {c!r}")
+        self.c = float(c)
+        self.sub_dim = check_int("sub_dim", sub_dim, 1)
+        self.niters = check_int("niters", niters, 1)
+        self.seed = check_int("seed", seed)
+        self.calls = 0
+
+    def __call__(self, updates: torch.Tensor, weights: torch.Tensor) -> AggregationResult:
+        n, d = updates.shape
+        removed = int(self.c * self.num_malicious)
+        if removed >= n:
+            raise ValueError(f"dnc would remove c * num_malicious = {removed} of {n} clients")
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
+        self.calls += 1
+        good = torch.ones(n, dtype=torch.bool)
+        scores = torch.zeros(n, dtype=torch.float64)
+        for _ in range(self.niters):
+            sub = updates[:, _coordinates(d, self.sub_dim, gen)].to(torch.float64)  # (n, b)
+            centered = sub - sub.mean(dim=0)
+            # <x_i, v>^2 for the top right singular vector v equals lambda * u_i^2 for the top
+            # eigenpair (lambda, u) of the (n, n) Gram matrix: no (b,) vector needed.
+            eigenvalues, eigenvectors = torch.linalg.eigh(centered @ centered.T)
+            s = eigenvalues[-1].clamp_min(0) * eigenvectors[:, -1] ** 2  # (n,)
+            scores += s / self.niters
+            if removed:
+                good[s.topk(removed).indices] = False
+        p = normalize(weights * good)
+        return AggregationResult(update=weighted_mean(updates, p), weights=p, flagged=~good,
+                                 scores=scores, info={"removed_per_iter": removed})
+
+    def state_dict(self) -> dict:
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls = int(state["calls"])
+
+
+def _coordinates(d: int, b: int, gen: torch.Generator) -> torch.Tensor:
+    """b distinct coordinates of d, sorted (all of them if b >= d), without a d-sized permutation."""
+    if b >= d:
+        return torch.arange(d)
+    if 4 * b > d:
+        return torch.randperm(d, generator=gen)[:b].sort().values
+    picked = torch.randint(d, (2 * b,), generator=gen).unique()  # sorted, distinct
+    while picked.numel() < b:  # practically never: 2b draws from d >= 4b
+        picked = torch.cat([picked, torch.randint(d, (b,), generator=gen)]).unique()
+    keep = torch.randperm(picked.numel(), generator=gen)[:b]  # a uniform subset of the distinct draws
+    return picked[keep].sort().values
