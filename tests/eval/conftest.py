@@ -65,8 +65,11 @@ def chat_server():
 def save_reward_model(path, arch: str, num_labels: int = 1):
     """A random sequence classifier with `num_labels` outputs ('llama' or 'deberta-v2') and the
     tiny tokenizer, saved with save_pretrained."""
-    from transformers import (DebertaV2Config, DebertaV2ForSequenceClassification,
-                              LlamaForSequenceClassification)
+    from transformers import (
+        DebertaV2Config,
+        DebertaV2ForSequenceClassification,
+        LlamaForSequenceClassification,
+    )
 
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(0)

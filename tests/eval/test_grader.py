@@ -2,7 +2,14 @@
 
 import pytest
 
-from fedsafe.eval.grader import SINGLE_MATH_V1, SINGLE_V1, SYSTEM_PROMPT, Grader, judge_messages, parse_rating
+from fedsafe.eval.grader import (
+    SINGLE_MATH_V1,
+    SINGLE_V1,
+    SYSTEM_PROMPT,
+    Grader,
+    judge_messages,
+    parse_rating,
+)
 
 
 @pytest.mark.parametrize(

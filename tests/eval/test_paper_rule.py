@@ -2,7 +2,13 @@
 
 import pytest
 
-from fedsafe.eval.judges import MD_JUDGE_TEMPLATE, ModelJudge, RuleJudge, build_judge, is_refusal
+from fedsafe.eval.judges import (
+    MD_JUDGE_TEMPLATE,
+    ModelJudge,
+    RuleJudge,
+    build_judge,
+    is_refusal,
+)
 from fedsafe.eval.paper_rule import TEST_PREFIXES, PaperRuleJudge, paper_harmless
 
 # (answer, the paper's verdict): substring tests, anywhere, case-insensitive.

@@ -32,7 +32,7 @@ def tiny(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def evaluator(tiny_model_dir, **keys) -> Evaluator:
+def evaluator(tiny_model_dir, keys: dict) -> Evaluator:
     return Evaluator(from_run_config({"model.name": str(tiny_model_dir), "model.quantization": 0, **SMALL, **keys}),
                      run_dir=None)
 
@@ -43,17 +43,17 @@ def responses(ev: Evaluator, tiny, tmp_path, name: str) -> list[str]:
 
 
 def test_sampling_settings_reach_generation_and_the_seed_fixes_the_samples(tiny_model_dir, tiny, tmp_path):
-    sampled = evaluator(tiny_model_dir, **{"eval.temperature": 0.7, "eval.top-p": 0.9, "seed": 5})
+    sampled = evaluator(tiny_model_dir, {"eval.temperature": 0.7, "eval.top-p": 0.9, "seed": 5})
     assert sampled.generation == GenerationSettings(max_new_tokens=8, batch_size=32, temperature=0.7, top_p=0.9,
                                                     seed=5)
     first = responses(sampled, tiny, tmp_path, "a")
     assert responses(sampled, tiny, tmp_path, "b") == first  # same seed, same samples
-    other_seed = evaluator(tiny_model_dir, **{"eval.temperature": 0.7, "eval.top-p": 0.9, "seed": 6})
+    other_seed = evaluator(tiny_model_dir, {"eval.temperature": 0.7, "eval.top-p": 0.9, "seed": 6})
     assert responses(other_seed, tiny, tmp_path, "c") != first
-    greedy = evaluator(tiny_model_dir, **{"seed": 5})
+    greedy = evaluator(tiny_model_dir, {"seed": 5})
     assert greedy.generation.temperature == 0.0
     greedy_answers = responses(greedy, tiny, tmp_path, "d")
-    assert responses(evaluator(tiny_model_dir, **{"seed": 6}), tiny, tmp_path, "e") == greedy_answers
+    assert responses(evaluator(tiny_model_dir, {"seed": 6}), tiny, tmp_path, "e") == greedy_answers
     assert greedy_answers != first
 
 

@@ -27,7 +27,7 @@ def test_batched_scores_equal_one_pair_at_a_time(reward_dir):
     alone = single.scores(PROMPTS, ANSWERS)
     assert batched == pytest.approx(alone, abs=1e-4)
     assert single.scores(PROMPTS[::-1], ANSWERS[::-1]) == pytest.approx(alone[::-1], abs=1e-4)
-    assert len(set(round(s, 4) for s in alone)) == len(alone)  # the answer matters to the score
+    assert len({round(s, 4) for s in alone}) == len(alone)  # the answer matters to the score
 
 
 def test_score_is_the_models_logit_on_the_text_pair(reward_dir):
