@@ -2,7 +2,7 @@
 
   fedsafe check-config [--run-config ...]      resolved config, or the one-line error
   fedsafe gen-attack-data [--run-config ...]   generate/cache the attack data, print path and counts
-  fedsafe eval [--model M] [--adapter DIR] [--benchmark B] [--limit N] [--out ROWS.jsonl]
+  fedsafe eval [--model M] [--adapter DIR] [--benchmark B] [--limit N] [--out ROWS.jsonl] [--run-config ...]
   fedsafe posthoc RUN_DIR [--run-config 'posthoc.level="L3"']   post-hoc again on a finished run
   fedsafe report RUN_DIR                       (re)build report.md and plots
   fedsafe compare A B [--stage after_fl]       two evaluations of the same prompts, prompt by prompt
@@ -97,7 +97,8 @@ def cmd_eval(args) -> int:
     console_logging()  # progress and the one-line result on stderr; the JSON on stdout
     metrics = evaluate_model(args.model, adapter=args.adapter, benchmark=args.benchmark, limit=args.limit,
                              quantization=args.quantization, judge=args.judge,
-                             max_new_tokens=args.max_new_tokens, out=args.out)
+                             max_new_tokens=args.max_new_tokens, out=args.out,
+                             overrides=parse_overrides(args.run_config))
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                    "after_posthoc")
     p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
     p.set_defaults(fn=cmd_compare)
-    p = sub.add_parser("eval", help="safety and helpfulness of a model or adapter")
+    p = with_config(sub.add_parser("eval", help="safety and helpfulness of a model or adapter (--run-config: "
+                                   "any eval.* key, e.g. eval.temperature, eval.rm-model; it wins over the flags)"))
     p.add_argument("--model", help="bundled name, Hub id or folder (default: the adapter's run model, "
                    "else smollm2-135m-instruct)")
     p.add_argument("--adapter", help="a PEFT adapter folder (any fedsafe checkpoint)")

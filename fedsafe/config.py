@@ -8,6 +8,7 @@ any model is loaded.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ LEVELS = ("L1", "L2", "L3")
 POSTHOC_LR = {"L1": 2e-4, "L2": 1e-4, "L3": 1e-4}
 UPDATE_ATTACKS = ("none", "scale", "sign-flip", "gaussian", "stealthy-norm", "probe-aware", "probe-aware-cover")
 BENCHMARKS = ("bundled", "advbench", "harmbench", "jbb")
+JUDGE_RULES = ("rule", "paper-rule")  # fedsafe's refusal phrases, the paper's (eval/paper_rule.py)
 PROBE_PROMPTS = 30  # lines in each of the bundled harmful_probe / helpful_probe files
 
 
@@ -113,6 +115,72 @@ def _module_list(key, v):
         _fail(key, v, "comma-separated module names such as 'q_proj,v_proj'")
 
 
+def _between(low, high):
+    def check(key, v):
+        if not low <= v <= high:
+            _fail(key, v, f"an integer in [{low}, {high}]")
+
+    return check
+
+
+def _top_p(key, v):
+    if not 0.0 < v <= 1.0:
+        _fail(key, v, "a number in (0, 1]")
+
+
+def _judge(key, v):
+    """One safety judge: a phrase rule, a judge model folder or a Hub id."""
+    spec = v.strip()
+    if spec.lower() in JUDGE_RULES:
+        return
+    path = Path(spec).expanduser()
+    if spec and path.is_dir():
+        if not (path / "config.json").is_file():
+            _fail(key, v, "a judge model folder containing config.json")
+        return
+    if not HUB_ID.match(spec):
+        _fail(key, v, f"{', '.join(map(repr, JUDGE_RULES))}, a judge model folder or a Hub id 'org/name'")
+
+
+def _judge_list(key, v):
+    for spec in v.split(","):
+        if spec.strip():
+            _judge(key, spec)
+
+
+def _reward_model(key, v):
+    """'' (off), a Hub id, or a folder whose config.json is a one-output sequence classifier."""
+    path = Path(v).expanduser()
+    if not v or not path.exists() and HUB_ID.match(v):
+        return
+    if not (path / "config.json").is_file():
+        _fail(key, v, "'' (off), a Hub id 'org/name' or a reward model folder containing config.json")
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    archs = config.get("architectures") or []
+    labels = len(config.get("id2label") or {}) or 2  # transformers' default: two labels
+    if labels != 1 or not any(a.endswith("ForSequenceClassification") for a in archs):
+        _fail(key, v, f"a reward model: a sequence classifier with one output (found {archs} with {labels} labels)")
+
+
+def _questions(key, v):
+    """'' (off), a Hub dataset id or folder, or a .jsonl/.json/.csv file of usable questions."""
+    path = Path(v).expanduser()
+    if not v or path.is_dir():
+        return
+    if path.suffix.lower() in DATA_SUFFIXES:
+        if not path.is_file():
+            _fail(key, v, f"an existing file (not found: {path})")
+        from fedsafe.eval.mtbench import load_questions
+
+        try:  # reads the rows, loads no model
+            load_questions(str(path))
+        except ValueError as err:
+            _fail(key, v, f"a usable question column: {err}")
+        return
+    if not HUB_ID.match(v):
+        _fail(key, v, "'' (off), a .jsonl/.json/.csv file, a dataset folder or a Hub dataset id 'org/name'")
+
+
 def _absolute_or_empty(key, v):
     if v and not Path(v).expanduser().is_absolute():
         _fail(key, v, "an absolute path (or empty for the default)")
@@ -183,12 +251,26 @@ KEYS: dict[str, Key] = {
                         "one model: a sweep does it once)"),
     "eval.every-rounds": Key(int, 0, _non_negative, "safety probe cadence; 0 = off"),
     "eval.probe-size": Key(int, 20, _positive),
-    "eval.judge": Key(str, "rule", None, "'rule' or a judge model id/folder"),
-    "eval.max-new-tokens": Key(int, 40, _positive),
+    "eval.judge": Key(str, "rule", _judge, "safety judge: 'rule' (fedsafe's refusal phrases), 'paper-rule' "
+                      "(the paper's) or a judge model id/folder (Llama-Guard, MD-Judge, a classifier)"),
+    "eval.judges": Key(str, "", _judge_list, "more safety judges on the same answers, comma-separated (e.g. "
+                       "'paper-rule'); safety_rate stays eval.judge's"),
+    "eval.max-new-tokens": Key(int, 40, _between(1, 4096), "answer length in tokens; the paper: 1024"),
+    "eval.temperature": Key(float, 0.0, _non_negative, "0 = greedy; > 0 samples, seeded by seed (the paper: "
+                            "0.7)"),
+    "eval.top-p": Key(float, 1.0, _top_p, "nucleus sampling when eval.temperature > 0 (the paper: 1.0)"),
     "eval.batch-size": Key(int, 32, _positive),
-    "eval.helpfulness.url": Key(str, "", None, "OpenAI-compatible endpoint; empty = off"),
-    "eval.helpfulness.model": Key(str, ""),
-    "eval.helpfulness.api-key-env": Key(str, "OPENAI_API_KEY"),
+    "eval.rm-model": Key(str, "", _reward_model, "reward model (one-logit sequence classifier, Hub id or "
+                         "folder) scoring the harmful answers; '' = off (the paper: "
+                         "OpenAssistant/reward-model-deberta-v3-large-v2)"),
+    "eval.mt1.questions": Key(str, "", _questions, "MT-1: MT-Bench questions (a file with a 'turns' list or a "
+                              "prompt column, or a Hub id) answered and graded 1-10 by eval.helpfulness.*; "
+                              "'' = off"),
+    "eval.helpfulness.url": Key(str, "", None, "OpenAI-compatible base URL (.../v1) of the 1-10 grader "
+                                "(MT-Bench single-answer prompt) of benign answers and MT-1; empty = off"),
+    "eval.helpfulness.model": Key(str, "", None, "the grader's model name (the paper: gpt-4-1106-preview)"),
+    "eval.helpfulness.api-key-env": Key(str, "OPENAI_API_KEY", None, "environment variable holding the "
+                                        "grader's API key (none sent when unset)"),
 }
 
 
@@ -288,8 +370,13 @@ class EvalSettings:
     every_rounds: int
     probe_size: int
     judge: str
+    judges: tuple[str, ...]  # every safety judge, eval.judge first
     max_new_tokens: int
+    temperature: float
+    top_p: float
     batch_size: int
+    rm_model: str
+    mt1_questions: str
     helpfulness_url: str
     helpfulness_model: str
     helpfulness_api_key_env: str
@@ -366,6 +453,9 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
     if flat["clients.per-round"] + flat["clients.reserve"] > flat["clients.num"]:
         _fail("clients.reserve", flat["clients.reserve"],
               f"at most clients.num - clients.per-round = {flat['clients.num'] - flat['clients.per-round']}")
+    if flat["eval.mt1.questions"] and not (flat["eval.helpfulness.url"] and flat["eval.helpfulness.model"]):
+        _fail("eval.mt1.questions", flat["eval.mt1.questions"], "a grader as well: set eval.helpfulness.url "
+              "and eval.helpfulness.model")
     if flat["train.lr-min"] > flat["train.lr-max"]:
         _fail("train.lr-min", flat["train.lr-min"], f"at most train.lr-max={flat['train.lr-max']}")
     params = _aggregator_params(flat, aggregator)
@@ -380,6 +470,7 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
             _fail("clients.per-round", flat["clients.per-round"], f"at least {needs} for defense.aggregator="
                   f"{aggregator!r} with these parameters")
 
+    judges = _judges(flat["eval.judge"], flat["eval.judges"])
     lora = LoraSettings(
         r=flat["model.lora.r"], alpha=flat["model.lora.alpha"], dropout=flat["model.lora.dropout"],
         target_modules=tuple(m.strip() for m in flat["model.lora.target-modules"].split(",") if m.strip()),
@@ -411,13 +502,22 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
         eval=EvalSettings(
             benchmark=flat["eval.safety.benchmark"], safety_limit=flat["eval.safety.limit"],
             benign_limit=flat["eval.benign.limit"], initial=flat["eval.initial"],
-            every_rounds=flat["eval.every-rounds"], probe_size=flat["eval.probe-size"], judge=flat["eval.judge"],
-            max_new_tokens=flat["eval.max-new-tokens"], batch_size=flat["eval.batch-size"],
+            every_rounds=flat["eval.every-rounds"], probe_size=flat["eval.probe-size"],
+            judge=judges[0], judges=judges,
+            max_new_tokens=flat["eval.max-new-tokens"], temperature=flat["eval.temperature"],
+            top_p=flat["eval.top-p"], batch_size=flat["eval.batch-size"], rm_model=flat["eval.rm-model"],
+            mt1_questions=flat["eval.mt1.questions"],
             helpfulness_url=flat["eval.helpfulness.url"], helpfulness_model=flat["eval.helpfulness.model"],
             helpfulness_api_key_env=flat["eval.helpfulness.api-key-env"],
         ),
         flat=flat,
     )
+
+
+def _judges(primary: str, more: str) -> tuple[str, ...]:
+    """eval.judge, then each other judge of eval.judges once, in the given order."""
+    specs = [s.strip() for s in [primary, *more.split(",")] if s.strip()]
+    return tuple(dict.fromkeys(s.lower() if s.lower() in JUDGE_RULES else s for s in specs))
 
 
 def _section(flat: dict[str, Any], prefix: str) -> dict[str, Any]:

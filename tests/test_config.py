@@ -87,6 +87,17 @@ BAD = [
     ({"posthoc.select-size": 31}, "posthoc.select-size"),
     ({"eval.safety.benchmark": "gsm8k"}, "eval.safety.benchmark"),
     ({"eval.safety.benchmark": "/missing/prompts.csv"}, "eval.safety.benchmark"),
+    ({"eval.temperature": -0.1}, "eval.temperature"),
+    ({"eval.top-p": 0.0}, "eval.top-p"),
+    ({"eval.top-p": 1.5}, "eval.top-p"),
+    ({"eval.max-new-tokens": 0}, "eval.max-new-tokens"),
+    ({"eval.max-new-tokens": 4097}, "eval.max-new-tokens=4097: expected an integer in [1, 4096]"),
+    ({"eval.judge": ""}, "eval.judge"),
+    ({"eval.judge": "not a judge"}, "eval.judge"),
+    ({"eval.judge": "/tmp"}, "eval.judge"),  # a folder without config.json
+    ({"eval.judges": "paper-rule, not a judge"}, "eval.judges"),
+    ({"eval.rm-model": "not a model"}, "eval.rm-model"),
+    ({"eval.mt1.questions": "/missing/question.jsonl"}, "eval.mt1.questions"),
     ({"defense.aggregator": "nope"}, "defense.aggregator"),
     ({"defense.aggregator": "krum", "defense.krum.bogus": 1}, "defense.aggregator"),
     ({"defense.aggregator": "no_such_module:agg"}, "defense.aggregator"),
@@ -103,6 +114,16 @@ def test_bad_config_names_the_key(override, key):
     message = str(err.value)
     assert message.startswith(key), message
     assert "\n" not in message
+
+
+def test_eval_protocol_keys():
+    s = from_run_config({"eval.temperature": 0.7, "eval.top-p": 1.0, "eval.max-new-tokens": 1024,
+                         "eval.judge": "Paper-Rule", "eval.judges": "rule, paper-rule,OpenSafetyLab/MD-Judge-v0.1"})
+    assert (s.eval.temperature, s.eval.top_p, s.eval.max_new_tokens) == (0.7, 1.0, 1024)
+    assert s.eval.judge == "paper-rule"
+    assert s.eval.judges == ("paper-rule", "rule", "OpenSafetyLab/MD-Judge-v0.1")
+    defaults = from_run_config({}).eval
+    assert (defaults.temperature, defaults.judges, defaults.rm_model, defaults.mt1_questions) == (0.0, ("rule",), "", "")
 
 
 def test_aggregator_needing_more_clients_than_a_round_has_is_refused_up_front():

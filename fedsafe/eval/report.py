@@ -56,6 +56,21 @@ def _bullets(record: dict, first: tuple[str, ...]) -> list[str]:
     return lines + [""]
 
 
+def _judges(config: dict) -> str:
+    """eval.judge, then the other judges of eval.judges, each once."""
+    specs = [config.get("eval.judge", DASH), *str(config.get("eval.judges", "")).split(",")]
+    return ", ".join(dict.fromkeys(s.strip() for s in specs if s.strip()))
+
+
+def _answers(config: dict) -> str:
+    """How the evaluated answers were generated: greedy or sampled, and their length."""
+    tokens = config.get("eval.max-new-tokens", DASH)
+    temperature = config.get("eval.temperature") or 0
+    if not temperature:
+        return f"greedy, up to {tokens} new tokens"
+    return f"sampled at temperature {temperature}, top-p {config.get('eval.top-p', 1.0)}, up to {tokens} new tokens"
+
+
 def _config_section(config: dict, rounds: list[dict], malicious: list[int]) -> list[str]:
     agg = config.get("defense.aggregator", DASH)
     prefix = f"defense.{agg}."
@@ -74,7 +89,8 @@ def _config_section(config: dict, rounds: list[dict], malicious: list[int]) -> l
         ["attack data", config.get("attack.data", DASH)],
         ["update attack", config.get("attack.update", "none")],
         ["post-hoc defense", posthoc],
-        ["safety judge", config.get("eval.judge", DASH)],
+        ["safety judges", _judges(config)],
+        ["eval answers", _answers(config)],
         ["seed", config.get("seed", DASH)],
     ]
     return ["## Configuration", "", *markdown_table(["setting", "value"], rows), ""]
@@ -89,23 +105,48 @@ def _checks_section(checks: list[dict], selected) -> list[str]:
     return markdown_table(["step", "probe safety", "probe benign refusal", "score"], rows) + [""]
 
 
+def _judge_label(spec: str) -> str:
+    """A judge's column name: the rule's name, or a model's last path part (MD-Judge-v0.1)."""
+    return spec.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _grade(values: dict, key: str) -> str:
+    """A mean 1-10 grade, with the count of answers the grader left ungraded."""
+    text, ungraded = _num(values.get(key), ".2f"), values.get(f"{key}_ungraded")
+    return f"{text} ({ungraded} ungraded)" if ungraded else text
+
+
 def _eval_section(evals: dict) -> list[str]:
     stages = [s for s in STAGES if s in evals] + [s for s in evals if s not in STAGES]
-    header = ["stage", "safety rate", "benign refusal", "helpfulness"]
-    # An optional LLM grade of benign answers, shown only when some stage has a number for it.
-    llm = any(isinstance((evals[s] or {}).get("llm_judge"), int | float) for s in stages)
+    rows_of = {s: evals[s] or {} for s in stages}
+    # Optional columns, each shown only when some stage has it: more safety judges (their rate
+    # next to the primary one's), the reward model, the LLM grade of benign answers, MT-1.
+    judges = list(dict.fromkeys(j for v in rows_of.values() for j in list(v.get("safety_rates") or {})[1:]))
+    has = {key: any(isinstance(v.get(key), int | float) for v in rows_of.values()) for key in ("rm", "llm_judge")}
+    has["mt1"] = any("mt1" in v for v in rows_of.values())
+    header = ["stage", "safety rate", *(f"safety ({_judge_label(j)})" for j in judges), "benign refusal",
+              "helpfulness"]
+    header += ["RM"] * has["rm"] + ["LLM judge"] * has["llm_judge"] + ["MT-1"] * has["mt1"]
     rows = []
-    for stage in stages:
-        values = evals[stage] or {}
+    for stage, values in rows_of.items():
         row = [STAGES.get(stage, stage), percent(values.get("safety_rate"))]
+        row += [percent((values.get("safety_rates") or {}).get(j)) for j in judges]
         row += [percent(values.get("benign_refusal_rate")), _num(values.get("helpfulness"), ".3f")]
-        rows.append(row + ([_num(values.get("llm_judge"), ".2f")] if llm else []))
+        row += [_num(values.get("rm"), ".3f")] * has["rm"] + [_grade(values, "llm_judge")] * has["llm_judge"]
+        rows.append(row + [_grade(values, "mt1")] * has["mt1"])
     note = (
         "Safety rate: share of harmful prompts answered safely (higher is better). "
         "Benign refusal: share of benign prompts refused (over-refusal, lower is better). "
         "Helpfulness: mean per-token log-likelihood of reference answers (higher is better)."
     )
-    return ["## Evaluation", "", *markdown_table(header + ["LLM judge"] * llm, rows), "", note, ""]
+    if judges:
+        note += " Safety (judge): the same answers judged by another judge; safety rate is the first judge's."
+    if has["rm"]:
+        note += " RM: mean reward-model score of the harmful prompts' answers (the paper's RM)."
+    if has["llm_judge"] or has["mt1"]:
+        note += (" LLM judge / MT-1: mean 1-10 grade (MT-Bench single-answer prompt) of the benign answers / of "
+                 "first-turn MT-Bench answers (the paper's MT-1); ungraded answers are left out of the mean.")
+    return ["## Evaluation", "", *markdown_table(header, rows), "", note, ""]
 
 
 def _decision(client: dict) -> str:

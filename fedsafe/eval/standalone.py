@@ -4,7 +4,8 @@ The model is a base model (the bundled name, a Hub id or a folder), optionally w
 adapter on top: any checkpoint a fedsafe run writes (`RUN_DIR/adapters/round-NNN`,
 `RUN_DIR/adapters/posthoc`) or any other PEFT adapter. The numbers are the ones a run records
 for its stages: safety rate on the harmful benchmark (judge says safe), over-refusal of the
-bundled held-out benign prompts, and the log-likelihood helpfulness proxy.
+bundled held-out benign prompts, and the log-likelihood helpfulness proxy; with eval.* keys
+(`--run-config`), the paper's sampling, more judges, RM and MT-1 as well.
 """
 
 from __future__ import annotations
@@ -41,12 +42,13 @@ def _check_adapter(adapter: Path) -> Path:
 
 def evaluate_model(model: str | None, *, adapter: str | Path | None = None, benchmark: str = "bundled",
                    limit: int = 0, quantization: int = 4, judge: str = "rule", max_new_tokens: int = 40,
-                   out: str | Path | None = None, seed: int = 0) -> dict:
+                   out: str | Path | None = None, seed: int = 0, overrides: dict | None = None) -> dict:
     """Safety rate, benign refusal rate and helpfulness of `model` (+ `adapter`).
 
     model: bundled name, Hub id or folder; None = the adapter's run model, else the bundled one.
     limit: at most this many prompts of each set, harmful and benign (0 = all).
     out: write every prompt, response and verdict here (JSONL), as a run's eval/<stage>.jsonl.
+    overrides: more run-config keys (eval.temperature, eval.rm-model, ...); they win over the above.
     """
     adapter_dir = _check_adapter(Path(adapter)) if adapter else None
     if model is None:
@@ -54,7 +56,7 @@ def evaluate_model(model: str | None, *, adapter: str | Path | None = None, benc
     settings = from_run_config({
         "model.name": model, "model.quantization": quantization, "seed": seed,
         "eval.safety.benchmark": benchmark, "eval.safety.limit": limit, "eval.benign.limit": limit,
-        "eval.judge": judge, "eval.max-new-tokens": max_new_tokens,
+        "eval.judge": judge, "eval.max-new-tokens": max_new_tokens, **(overrides or {}),
     })
     evaluator = Evaluator(settings, run_dir=None)  # loads the prompts (and a model judge) first
 
@@ -74,6 +76,7 @@ def evaluate_model(model: str | None, *, adapter: str | Path | None = None, benc
              100 * metrics["safety_rate"], 100 * metrics["benign_refusal_rate"], metrics["helpfulness"])
     return {
         "model": settings.model.name, "adapter": str(adapter_dir) if adapter_dir else None,
-        "quantization": quantization, "benchmark": benchmark, "judge": judge,
+        "quantization": settings.model.quantization, "benchmark": settings.eval.benchmark,
+        "judge": settings.eval.judge,
         **metrics, "load_seconds": round(load_seconds, 1), "rows": str(rows) if rows else None,
     }

@@ -133,3 +133,32 @@ def test_report_shows_what_the_safety_probe_saw(tmp_path, results):
     assert "| 1 | 2 | x1.00 | +0.800 | +0.210 | +0.050 | kept, weight 0.50 |" in text
     assert "| 1 | 7* | x16.00 | -0.600 | -0.300 | +0.100 | flagged |" in text
     assert "| \u2013 | +0.500 | +0.200 | \u2013 |" in text
+
+
+def test_report_columns_of_the_papers_metrics_only_when_recorded(tmp_path, results):
+    """More judges, RM and MT-1 add columns (ungraded answers counted in the cell); a stage that
+    lacks a value shows a dash; the configuration table says how answers were generated."""
+    results["config"] |= {"eval.judges": "paper-rule,OpenSafetyLab/MD-Judge-v0.1", "eval.temperature": 0.7,
+                          "eval.top-p": 1.0, "eval.max-new-tokens": 1024}
+    results["eval"]["after_fl"] |= {
+        "safety_rates": {"rule": 0.3, "paper-rule": 0.45, "OpenSafetyLab/MD-Judge-v0.1": 0.5},
+        "rm": -2.3456, "mt1": 5.25, "mt1_questions": 80, "mt1_ungraded": 2}
+    results["eval"]["after_posthoc"] |= {"safety_rates": {"rule": 0.85, "paper-rule": 0.9}, "rm": 1.5, "mt1": 6.0,
+                                         "mt1_questions": 80, "mt1_ungraded": 0}
+    text = write_report(_run_dir(tmp_path, results)).read_text()
+    assert ("| stage | safety rate | safety (paper-rule) | safety (MD-Judge-v0.1) | benign refusal | helpfulness "
+            "| RM | MT-1 |") in text
+    assert "| initial | 5.0 % | \u2013 | \u2013 | 0.0 % | -1.900 | \u2013 | \u2013 |" in text
+    assert "| after FL | 30.0 % | 45.0 % | 50.0 % | 2.0 % | -1.700 | -2.346 | 5.25 (2 ungraded) |" in text
+    assert "| after post-hoc | 85.0 % | 90.0 % | \u2013 | 5.0 % | -1.750 | 1.500 | 6.00 |" in text
+    assert "| safety judges | rule, paper-rule, OpenSafetyLab/MD-Judge-v0.1 |" in text
+    assert "| eval answers | sampled at temperature 0.7, top-p 1.0, up to 1024 new tokens |" in text
+    assert "RM: mean reward-model score" in text and "MT-1" in text
+
+
+def test_report_without_the_papers_metrics_keeps_its_columns(tmp_path, results):
+    results["config"] |= {"eval.max-new-tokens": 40, "eval.temperature": 0.0}
+    text = write_report(_run_dir(tmp_path, results)).read_text()
+    assert "| stage | safety rate | benign refusal | helpfulness |\n" in text
+    assert "RM" not in text and "MT-1" not in text and "safety (" not in text
+    assert "| eval answers | greedy, up to 40 new tokens |" in text

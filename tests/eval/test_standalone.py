@@ -84,3 +84,20 @@ def test_eval_fedsafe_adapter(tiny_model_dir, tmp_path, capsys):
 def test_eval_rejects_a_folder_without_adapter(tiny_model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         main(["eval", "--model", str(tiny_model_dir), "--adapter", str(tmp_path)])
+
+
+def test_eval_run_config_sets_the_protocol(tiny_model_dir, tmp_path, capsys):
+    """`--run-config` reaches every eval.* key: sampled answers, two judges on them."""
+    bench = write_jsonl(tmp_path / "bench.jsonl", [{"prompt": p} for p in HARMFUL])
+    rows = tmp_path / "rows.jsonl"
+    metrics = run_eval(capsys, "--model", str(tiny_model_dir), "--quantization", "0", "--benchmark", str(bench),
+                       "--out", str(rows), *LIMIT, "--run-config", 'eval.judges="paper-rule" eval.temperature=0.7')
+    check(metrics, rows, HARMFUL)
+    assert list(metrics["safety_rates"]) == ["rule", "paper-rule"]
+    harmful = [r for r in read_jsonl(rows) if r["kind"] == "harmful"]
+    assert metrics["safety_rates"]["paper-rule"] == pytest.approx(sum(r["safe_by"]["paper-rule"] for r in harmful) / 2)
+
+
+def test_eval_bad_run_config_fails_before_loading(tiny_model_dir, capsys):
+    assert main(["eval", "--model", str(tiny_model_dir), "--run-config", "eval.top-p=0.0"]) == 2
+    assert "eval.top-p=0.0: expected a number in (0, 1]" in capsys.readouterr().err
