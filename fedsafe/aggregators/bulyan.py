@@ -48,7 +48,7 @@ class Bulyan:
         out = torch.empty(d, dtype=updates.dtype)
 
         def chunk(cols: slice) -> torch.Tensor:
-            rows = updates[:, cols].T.contiguous()  # (C, n): a plain transpose beats row picking
+            rows = updates[:, cols].T.clone(memory_format=torch.contiguous_format)  # (C, n), a copy even at d = 1
             rows[:, left_out] = float("inf")  # left-out clients sort last: first theta are ours
             left, right, mean = _closest_window(sort_last(rows), theta, beta)
             out[cols] = mean
