@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from fedsafe.aggregators.base import AggregationResult, check_int, pairwise_sq_dists
+from fedsafe.aggregators.base import AggregationResult, Degenerate, check_int, pairwise_sq_dists
 from fedsafe.aggregators.chunks import column_chunks, count_within, map_chunks, sort_last
 from fedsafe.aggregators.krum import krum_ranking, krum_scores
 from fedsafe.aggregators.registry import register
@@ -27,6 +27,12 @@ class Bulyan:
     def __init__(self, num_malicious: int = 1):
         self.num_malicious = check_int("num_malicious", num_malicious)
         self.min_clients = 4 * self.num_malicious + 3
+
+    def degenerate(self, n: int) -> Degenerate | None:
+        if self.num_malicious > 0:
+            return None
+        return Degenerate("num_malicious", 0, f"selects and averages all {n} updates (theta = beta = n): the plain "
+                                              f"average; the smallest that trims is 1 (it needs 7 updates a round)")
 
     def __call__(self, updates: torch.Tensor, weights: torch.Tensor) -> AggregationResult:
         n, d = updates.shape

@@ -11,9 +11,11 @@ scores averaged over iterations.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from fedsafe.aggregators.base import AggregationResult, check_int, normalize, weighted_mean
+from fedsafe.aggregators.base import AggregationResult, Degenerate, check_int, normalize, weighted_mean
 from fedsafe.aggregators.registry import register
 
 
@@ -29,6 +31,31 @@ class DnC:
         self.niters = check_int("niters", niters, 1)
         self.seed = check_int("seed", seed)
         self.calls = 0
+
+    def degenerate(self, n: int) -> Degenerate | None:
+        f, c = self.num_malicious, self.c
+        removed = int(c * f)
+        if 0 < removed < n:
+            return None
+        what = f"removes int(c * num-malicious) = {removed} of {n} updates"
+        if removed >= n:
+            if int(c) < n:  # num-malicious = 1 keeps one
+                largest = next(g for g in range(f, 0, -1) if int(c * g) < n)
+                return Degenerate("num_malicious", f, f"{what}, all of them; the largest that keeps one is {largest}")
+            return Degenerate("c", c, f"{what}, all of them; c below {n / f!r} keeps one")
+        if f == 0:
+            if c == 0:
+                return Degenerate("num_malicious", f, f"{what}: the plain average; num-malicious >= 1 with c > 0 "
+                                                      f"removes some")
+            smallest = max(1, math.floor(1 / c))
+            while int(c * smallest) < 1:
+                smallest += 1
+            return Degenerate("num_malicious", f, f"{what}: the plain average; the smallest that removes one is "
+                                                  f"{smallest}")
+        smallest_c = 1 / f
+        while int(smallest_c * f) < 1:  # 1/f * f can round below 1
+            smallest_c = math.nextafter(smallest_c, math.inf)
+        return Degenerate("c", c, f"{what}: the plain average; the smallest that removes one is {smallest_c!r}")
 
     def __call__(self, updates: torch.Tensor, weights: torch.Tensor) -> AggregationResult:
         n, d = updates.shape

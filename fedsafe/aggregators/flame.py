@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from fedsafe.aggregators.base import AggregationResult, check_int, cosine_from_gram, gram, median, normalize
+from fedsafe.aggregators.base import (AggregationResult, Degenerate, check_int, cosine_from_gram, gram, median,
+                                      normalize)
 from fedsafe.aggregators.norm_bound import clip_factors
 from fedsafe.aggregators.registry import register
 
@@ -30,6 +31,11 @@ class Flame:
         self.noise_lambda = float(noise_lambda)
         self.seed = check_int("seed", seed)
         self.calls = 0
+
+    def degenerate(self, n: int) -> Degenerate | None:
+        if n >= 3:
+            return None
+        return Degenerate(None, n, f"FLAME clusters at least 3 updates; with {n} it keeps them all (a clipped average)")
 
     def __call__(self, updates: torch.Tensor, weights: torch.Tensor) -> AggregationResult:
         n = updates.shape[0]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from fedsafe.aggregators.base import AggregationResult, check_int, normalize, pairwise_sq_dists, weighted_mean
+from fedsafe.aggregators.base import (AggregationResult, Degenerate, check_int, normalize, pairwise_sq_dists,
+                                      weighted_mean)
 from fedsafe.aggregators.registry import register
 
 
@@ -25,6 +26,22 @@ class MultiKrum:
     def selection_size(self, n: int) -> int:
         m = self.num_selected or n - self.num_malicious
         return max(1, min(m, n))
+
+    def degenerate(self, n: int) -> Degenerate | None:
+        f = self.num_malicious
+        if n - f - 2 < 1:
+            if n < 3:
+                return Degenerate(None, n, f"Krum scores each update by its n - f - 2 nearest others: {n} "
+                                           f"updates leave none at any num-malicious; it needs 3")
+            return Degenerate("num_malicious", f, f"n - f - 2 = {n - f - 2} leaves no neighbour to score each of "
+                                                  f"{n} updates by; the largest that leaves one is {n - 3}")
+        if self.selection_size(n) < n:
+            return None
+        if self.num_selected:
+            return Degenerate("num_selected", self.num_selected, f"selects all {n} updates: the plain average; "
+                                                                 f"the largest that leaves one out is {n - 1}")
+        return Degenerate("num_malicious", f, f"selects n - f = all {n} updates (num-selected=0): the plain "
+                                              f"average; the smallest that leaves one out is 1")
 
     def __call__(self, updates: torch.Tensor, weights: torch.Tensor) -> AggregationResult:
         n = updates.shape[0]

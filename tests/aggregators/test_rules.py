@@ -47,6 +47,30 @@ def test_trimmed_mean_drops_k_per_side():
     assert close(r.update, [22, 3])
 
 
+def test_trimmed_mean_trims_one_per_side_by_default_whatever_n():
+    rows = [[1, 0], [2, 9], [3, 3], [100, 2]]
+    r = agg("trimmed-mean", rows)  # trim = 1: beta = 0.1 would trim int(0.4) = 0 of 4
+    assert close(r.update, [2.5, 2.5])  # mean(2, 3) after 1 and 100; mean(2, 3) after 0 and 9
+    assert close(r.weights, [0, 0.25, 0.5, 0.25])  # kept: c0 none, c1 once, c2 twice, c3 once (of 4)
+    assert r.info["trimmed_per_side"] == 1
+    assert agg("trimmed-mean", torch.randn(20, 3).tolist()).info["trimmed_per_side"] == 1
+
+
+def test_trimmed_mean_by_count():
+    rows = [[1, 0], [2, 9], [3, 3], [4, 2], [100, 1]]
+    r = agg("trimmed-mean", rows, trim=2)  # 2 + 2 of 5: the coordinate-wise median
+    assert close(r.update, [3, 2]) and close(r.weights, [0, 0, 0.5, 0.5, 0])
+    with pytest.raises(ValueError, match=r"trim=2 needs n >= 5 updates, got 4"):
+        agg("trimmed-mean", rows[:4], trim=2)
+    assert get_aggregator("trimmed-mean", trim=2).min_clients == 5
+
+
+def test_trimmed_mean_takes_a_count_or_a_share_not_both():
+    with pytest.raises(ValueError, match="not both"):
+        get_aggregator("trimmed-mean", trim=2, beta=0.2)
+    assert get_aggregator("trimmed-mean", trim=1, beta=0.2).per_side(10) == 2  # trim at its default: beta counts
+
+
 KRUM_ROWS = [[0, 0], [1, 0], [3, 0], [5, 0], [20, 0]]
 # f = 1, n - f - 2 = 2 nearest neighbours; squared distances along the line:
 # c0: 1 + 9 = 10, c1: 1 + 4 = 5, c2: 4 + 4 = 8, c3: 4 + 16 = 20, c4: 225 + 289 = 514
