@@ -132,6 +132,12 @@ DEGENERATE = [  # (override, the one-line error), clients.per-round = 4 unless g
     ({"defense.aggregator": "multi-krum", "defense.multi-krum.num-selected": 4},
      "defense.multi-krum.num-selected=4: selects all 4 updates: the plain average; the largest that leaves "
      "one out is 3"),
+    ({"defense.aggregator": "krum", "defense.krum.variant": "neighbourhood", "defense.krum.num-malicious": 0},
+     "defense.krum.num-malicious=0: averages the best update and its n - f - 1 nearest: all 4 updates, the "
+     "plain average; the smallest that leaves one out is 1"),
+    ({"defense.aggregator": "krum", "defense.krum.variant": "neighbourhood", "defense.krum.num-malicious": 3},
+     "defense.krum.num-malicious=3: n - f - 1 = 0 leaves the best of 4 updates no neighbour; the largest that "
+     "leaves one is 2"),
     ({"defense.aggregator": "bulyan", "defense.bulyan.num-malicious": 0},
      "defense.bulyan.num-malicious=0: selects and averages all 4 updates (theta = beta = n): the plain average; "
      "the smallest that trims is 1 (it needs 7 updates a round)"),

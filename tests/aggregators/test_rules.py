@@ -98,6 +98,32 @@ def test_krum_ties_do_not_depend_on_row_order():
     assert close(a.update, [1, 0]) and close(b.update, [1, 0])  # c1 is nearer to everyone
 
 
+def test_krum_neighbourhood_averages_the_best_and_its_nearest():
+    rows = [[0, 0], [1, 0], [3, 0], [10, 0]]
+    # f = 1: n - f - 1 = 2 nearest others, L2 distances summed:
+    # c0: 1 + 3 = 4, c1: 1 + 2 = 3, c2: 2 + 3 = 5, c3: 7 + 9 = 16; best c1, its nearest c0 and c2
+    r = agg("krum", rows, num_malicious=1, variant="neighbourhood")
+    assert close(r.scores, [4, 3, 5, 16])
+    assert close(r.update, [4 / 3, 0]) and r.flagged.tolist() == [False, False, False, True]
+    r = agg("krum", rows, weights=[1, 1, 2, 1], num_malicious=1, variant="neighbourhood")
+    assert close(r.update, [7 / 4, 0]) and close(r.weights, [0.25, 0.25, 0.5, 0])  # (0 + 1 + 2 * 3) / 4
+
+
+def test_krum_neighbourhood_differs_from_classic_krum():
+    rows = [[0, 0], [1, 0], [4, 0], [6, 0], [30, 0]]
+    # f = 2, n - f - 1 = 2 nearest, L2: c0 1 + 4 = 5, c1 1 + 3 = 4, c2 2 + 3 = 5, c3 2 + 5 = 7, c4 24 + 26 = 50
+    r = agg("krum", rows, num_malicious=2, variant="neighbourhood")
+    assert close(r.scores, [5, 4, 5, 7, 50])
+    assert close(r.update, [5 / 3, 0]) and r.flagged.tolist() == [False, False, False, True, True]  # c1, c0, c2
+    # classic, n - f - 2 = 1 nearest, squared: c0 and c1 tie at 1; c1 is nearer to everyone
+    assert close(agg("krum", rows, num_malicious=2).update, [1, 0])
+
+
+def test_krum_variant_is_checked():
+    with pytest.raises(ValueError, match=r"defense.krum.variant='paper': accepted classic, neighbourhood"):
+        get_aggregator("krum", variant="paper")
+
+
 def test_bulyan_selects_then_trims_around_the_median():
     rows = [[0, 5], [1, -1], [3, 0], [4, 2], [8, 1], [30, 0], [-30, 0]]
     r = agg("bulyan", rows, num_malicious=1)  # theta = 5 (the five inliers), beta = 3
