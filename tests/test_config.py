@@ -172,6 +172,18 @@ def test_no_built_in_default_is_degenerate():
         from_run_config({"defense.aggregator": name, "clients.per-round": per_round})
 
 
+def test_rules_taking_reserves_are_checked_on_the_rows_they_score():
+    """Krum with f = 2 scores 4 sampled + 1 reserve = 5 rows: one neighbour each. A rule taking no
+    reserves only ever sees clients.per-round rows."""
+    krum = {"defense.aggregator": "krum", "defense.krum.num-malicious": 2, "clients.per-round": 4}
+    assert from_run_config({**krum, "clients.reserve": 1}).clients.reserve == 1
+    with pytest.raises(ConfigError, match="defense.krum.num-malicious=2"):
+        from_run_config(krum)
+    with pytest.raises(ConfigError, match="defense.trimmed-mean.beta=0.1: trims 0 of 4 updates"):
+        from_run_config({"defense.aggregator": "trimmed-mean", "defense.trimmed-mean.beta": 0.1,
+                         "clients.reserve": 6})
+
+
 def test_probe_prompt_limit_matches_the_bundled_files():
     from fedsafe import data
     from fedsafe.config import PROBE_PROMPTS

@@ -104,6 +104,13 @@ def first_kept(flagged: torch.Tensor, keep_at_most: int | None = None) -> torch.
     return (~flagged).nonzero().flatten()[:keep_at_most]
 
 
+def keep_mask(flagged: torch.Tensor, keep_at_most: int | None = None) -> torch.Tensor:
+    """(n,) bool: the rows `first_kept` keeps; the same as ~flagged when nothing is left over."""
+    mask = torch.zeros(len(flagged), dtype=torch.bool)
+    mask[first_kept(flagged, keep_at_most)] = True
+    return mask
+
+
 def aggregate_kept(fallback, updates: torch.Tensor, weights: torch.Tensor, flagged: torch.Tensor,
                    kept: torch.Tensor) -> AggregationResult:
     """For rules that exclude: `fallback` aggregates the `kept` rows, its weights land on them (0

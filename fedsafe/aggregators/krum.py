@@ -10,13 +10,15 @@ clients not selected are flagged.
 score by the summed L2 (not squared) distance to the n - f - 1 nearest others, then average the
 best one and those n - f - 1 neighbours of it (examples-weighted here; the paper's clients hold
 equal data, where the two agree).
+With reserves (`takes_reserves`) all rows are scored and at most keep_at_most of the selected,
+the first in row order, are averaged; the other selected rows get weight 0, unflagged.
 """
 
 from __future__ import annotations
 
 import torch
 
-from fedsafe.aggregators.base import (AggregationResult, Degenerate, check_int, normalize,
+from fedsafe.aggregators.base import (AggregationResult, Degenerate, check_int, keep_mask, normalize,
                                       pairwise_sq_dists, weighted_mean)
 from fedsafe.aggregators.registry import register
 
@@ -25,6 +27,8 @@ KRUM_VARIANTS = ("classic", "neighbourhood")
 
 @register("multi-krum")
 class MultiKrum:
+    takes_reserves = True
+
     def __init__(self, num_malicious: int = 1, num_selected: int = 0):
         self.num_malicious = check_int("num_malicious", num_malicious)
         self.num_selected = check_int("num_selected", num_selected)  # 0: n - f
@@ -56,10 +60,12 @@ class MultiKrum:
         return Degenerate("num_malicious", f, f"selects n - f = all {n} updates (num-selected=0): the plain "
                                               f"average; the smallest that leaves one out is 1")
 
-    def __call__(self, updates: torch.Tensor, weights: torch.Tensor) -> AggregationResult:
+    def __call__(self, updates: torch.Tensor, weights: torch.Tensor, *,
+                 keep_at_most: int | None = None) -> AggregationResult:
         selected, scores = self.select(pairwise_sq_dists(updates))  # (n,), (n,)
-        p = normalize(weights * selected)  # examples-weighted over the selection
-        only = selected.nonzero().flatten()
+        kept = keep_mask(~selected, keep_at_most)  # (n,) the first keep_at_most selected rows
+        p = normalize(weights * kept)  # examples-weighted over what is averaged
+        only = kept.nonzero().flatten()
         update = updates[only[0]].clone() if len(only) == 1 else weighted_mean(updates, p)
         return AggregationResult(update=update, weights=p, flagged=~selected, scores=scores,
                                  info={"num_selected": int(selected.sum())})
