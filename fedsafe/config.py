@@ -463,12 +463,14 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
         from fedsafe.aggregators import get_aggregator  # light import: no model libraries
 
         try:
-            needs = getattr(get_aggregator(aggregator, **params), "min_clients", 0)
+            agg = get_aggregator(aggregator, **params)
         except (ValueError, TypeError, ImportError, AttributeError) as err:
             raise ConfigError(f"defense.aggregator={aggregator!r}: {err}") from None
+        needs = getattr(agg, "min_clients", 0)
         if needs > flat["clients.per-round"]:  # else round 1 fails, after every model has loaded
             _fail("clients.per-round", flat["clients.per-round"], f"at least {needs} for defense.aggregator="
                   f"{aggregator!r} with these parameters")
+        _refuse_degenerate(agg, aggregator, flat)
 
     judges = _judges(flat["eval.judge"], flat["eval.judges"])
     lora = LoraSettings(
@@ -518,6 +520,22 @@ def _judges(primary: str, more: str) -> tuple[str, ...]:
     """eval.judge, then each other judge of eval.judges once, in the given order."""
     specs = [s.strip() for s in [primary, *more.split(",")] if s.strip()]
     return tuple(dict.fromkeys(s.lower() if s.lower() in JUDGE_RULES else s for s in specs))
+
+
+def _refuse_degenerate(agg, aggregator: str, flat: dict[str, Any]) -> None:
+    """A rule whose setting makes it a plain average with a full round's updates (the sampled
+    clients, plus the reserves for a rule taking them) is refused, naming the key to change."""
+    check = getattr(agg, "degenerate", None)
+    if check is None:
+        return
+    n = flat["clients.per-round"] + (flat["clients.reserve"] if getattr(agg, "takes_reserves", False) else 0)
+    found = check(n)
+    if found is None:
+        return
+    if found.param is None:
+        raise ConfigError(f"clients.per-round={flat['clients.per-round']}: {found.why} "
+                          f"(defense.aggregator={aggregator!r})")
+    raise ConfigError(f"defense.{aggregator}.{found.param.replace('_', '-')}={found.value!r}: {found.why}")
 
 
 def _section(flat: dict[str, Any], prefix: str) -> dict[str, Any]:

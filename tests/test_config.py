@@ -56,8 +56,8 @@ def test_cosine_lr_decays_from_max_to_min():
 
 
 def test_aggregator_params_reach_the_constructor():
-    s = from_run_config({"defense.aggregator": "trimmed-mean", "defense.trimmed-mean.beta": 0.2})
-    assert s.defense.params == {"beta": 0.2}
+    s = from_run_config({"defense.aggregator": "trimmed-mean", "defense.trimmed-mean.beta": 0.25})
+    assert s.defense.params == {"beta": 0.25}
 
 
 BAD = [
@@ -130,6 +130,79 @@ def test_aggregator_needing_more_clients_than_a_round_has_is_refused_up_front():
     with pytest.raises(ConfigError, match=r"clients.per-round=4: expected at least 7 .*bulyan"):
         from_run_config({"defense.aggregator": "bulyan"})
     assert from_run_config({"defense.aggregator": "bulyan", "clients.per-round": 7}).clients.per_round == 7
+
+
+DEGENERATE = [  # (override, the one-line error), clients.per-round = 4 unless given
+    ({"defense.aggregator": "trimmed-mean", "defense.trimmed-mean.beta": 0.1},
+     "defense.trimmed-mean.beta=0.1: trims 0 of 4 updates per side; the smallest that trims one is 0.25 "
+     "(or beta=0 and trim=1)"),
+    ({"defense.aggregator": "trimmed-mean", "defense.trimmed-mean.trim": 0},
+     "defense.trimmed-mean.trim=0: trims 0 of 4 updates per side; the smallest that trims one is 1"),
+    ({"defense.aggregator": "trimmed-mean", "defense.trimmed-mean.beta": 0.3, "clients.per-round": 2},
+     "clients.per-round=2: no beta < 0.5 trims any of 2 updates; trimming one per side needs 3 "
+     "(defense.aggregator='trimmed-mean')"),
+    ({"defense.aggregator": "krum", "defense.krum.num-malicious": 2},
+     "defense.krum.num-malicious=2: n - f - 2 = 0 leaves no neighbour to score each of 4 updates by; "
+     "the largest that leaves one is 1"),
+    ({"defense.aggregator": "multi-krum", "defense.multi-krum.num-malicious": 3},
+     "defense.multi-krum.num-malicious=3: n - f - 2 = -1 leaves no neighbour to score each of 4 updates by; "
+     "the largest that leaves one is 1"),
+    ({"defense.aggregator": "multi-krum", "defense.multi-krum.num-malicious": 0},
+     "defense.multi-krum.num-malicious=0: selects n - f = all 4 updates (num-selected=0): the plain average; "
+     "the smallest that leaves one out is 1"),
+    ({"defense.aggregator": "multi-krum", "defense.multi-krum.num-selected": 4},
+     "defense.multi-krum.num-selected=4: selects all 4 updates: the plain average; the largest that leaves "
+     "one out is 3"),
+    ({"defense.aggregator": "krum", "defense.krum.variant": "neighbourhood", "defense.krum.num-malicious": 0},
+     "defense.krum.num-malicious=0: averages the best update and its n - f - 1 nearest: all 4 updates, the "
+     "plain average; the smallest that leaves one out is 1"),
+    ({"defense.aggregator": "krum", "defense.krum.variant": "neighbourhood", "defense.krum.num-malicious": 3},
+     "defense.krum.num-malicious=3: n - f - 1 = 0 leaves the best of 4 updates no neighbour; the largest that "
+     "leaves one is 2"),
+    ({"defense.aggregator": "bulyan", "defense.bulyan.num-malicious": 0},
+     "defense.bulyan.num-malicious=0: selects and averages all 4 updates (theta = beta = n): the plain average; "
+     "the smallest that trims is 1 (it needs 7 updates a round)"),
+    ({"defense.aggregator": "dnc", "defense.dnc.num-malicious": 0},
+     "defense.dnc.num-malicious=0: removes int(c * num-malicious) = 0 of 4 updates: the plain average; "
+     "the smallest that removes one is 1"),
+    ({"defense.aggregator": "dnc", "defense.dnc.c": 0.4, "defense.dnc.num-malicious": 2},
+     "defense.dnc.c=0.4: removes int(c * num-malicious) = 0 of 4 updates: the plain average; "
+     "the smallest that removes one is 0.5"),
+    ({"defense.aggregator": "dnc", "defense.dnc.num-malicious": 5},
+     "defense.dnc.num-malicious=5: removes int(c * num-malicious) = 5 of 4 updates, all of them; "
+     "the largest that keeps one is 3"),
+    ({"defense.aggregator": "median", "clients.per-round": 2},
+     "clients.per-round=2: the median of 2 updates is their mean; it needs 3 (defense.aggregator='median')"),
+    ({"defense.aggregator": "flame", "clients.per-round": 2},
+     "clients.per-round=2: FLAME clusters at least 3 updates; with 2 it keeps them all (a clipped average) "
+     "(defense.aggregator='flame')"),
+]
+
+
+@pytest.mark.parametrize("override,message", DEGENERATE, ids=[m.split(":")[0] for _, m in DEGENERATE])
+def test_a_rule_that_would_do_nothing_is_refused_up_front(override, message):
+    with pytest.raises(ConfigError) as err:
+        from_run_config(override)
+    assert str(err.value) == message
+
+
+def test_no_built_in_default_is_degenerate():
+    """Every rule's defaults do something with the default round (bulyan needs 7 clients)."""
+    for name in available():
+        per_round = 7 if name == "bulyan" else KEYS["clients.per-round"].default
+        from_run_config({"defense.aggregator": name, "clients.per-round": per_round})
+
+
+def test_rules_taking_reserves_are_checked_on_the_rows_they_score():
+    """Krum with f = 2 scores 4 sampled + 1 reserve = 5 rows: one neighbour each. A rule taking no
+    reserves only ever sees clients.per-round rows."""
+    krum = {"defense.aggregator": "krum", "defense.krum.num-malicious": 2, "clients.per-round": 4}
+    assert from_run_config({**krum, "clients.reserve": 1}).clients.reserve == 1
+    with pytest.raises(ConfigError, match="defense.krum.num-malicious=2"):
+        from_run_config(krum)
+    with pytest.raises(ConfigError, match="defense.trimmed-mean.beta=0.1: trims 0 of 4 updates"):
+        from_run_config({"defense.aggregator": "trimmed-mean", "defense.trimmed-mean.beta": 0.1,
+                         "clients.reserve": 6})
 
 
 def test_probe_prompt_limit_matches_the_bundled_files():

@@ -9,7 +9,7 @@ sklearn nor flwr: rules are pure tensor code. The Flower strategy that calls the
 `fedsafe.federation`, the post-hoc defense in `fedsafe.posthoc`.
 """
 
-from fedsafe.aggregators.base import AggregationResult, Aggregator, call_aggregator, validate_updates
+from fedsafe.aggregators.base import AggregationResult, Aggregator, Degenerate, call_aggregator, validate_updates
 from fedsafe.aggregators.detection import detection_metrics
 from fedsafe.aggregators.registry import available, get_aggregator, register
 
@@ -17,5 +17,5 @@ from fedsafe.aggregators.registry import available, get_aggregator, register
 from fedsafe.aggregators import (bulyan, dnc, fedavg, flame, foolsgold, krum, median,  # noqa: E402,F401
                                  norm_bound, oracle, residual, safety_probe, trimmed_mean)
 
-__all__ = ["AggregationResult", "Aggregator", "available", "call_aggregator", "detection_metrics",
+__all__ = ["AggregationResult", "Aggregator", "Degenerate", "available", "call_aggregator", "detection_metrics",
            "get_aggregator", "register", "validate_updates"]

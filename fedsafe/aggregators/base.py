@@ -10,7 +10,9 @@ row: for reference rules such as `oracle`, never for a defense) and `takes_reser
 come in priority order (the round's sampled clients, then its reserve clients in draw order) and
 the rule aggregates at most `keep_at_most` of them, the first it keeps, so reserves stand in for
 excluded clients; the unused ones get weight 0, unflagged. `min_clients` says how many replies a
-rule needs; the strategy keeps the previous global adapter below it.
+rule needs; the strategy keeps the previous global adapter below it. `degenerate(n)` says whether
+a setting makes the rule do no more than a plain average with n updates a round (a `Degenerate`,
+or None); the config refuses such a setting before anything loads.
 
 Conventions shared by the built-in rules:
 - averages are examples-weighted (as FedAvg); coordinate-wise order statistics (median,
@@ -37,6 +39,16 @@ class AggregationResult:
     flagged: torch.Tensor  # (n,) bool, True = treated as malicious / excluded / clipped
     scores: torch.Tensor | None = None  # (n,) float64 per-client score, meaning per rule
     info: dict[str, Any] = field(default_factory=dict)  # small JSON-serializable extras
+
+
+@dataclass(frozen=True)
+class Degenerate:
+    """Why a rule would do no more than a plain average with a round of n updates: `param` is the
+    constructor parameter at fault (None: no value works, the round is too small), `value` its
+    value, `why` what happens and the nearest value that works (other keys named kebab-case)."""
+    param: str | None
+    value: Any
+    why: str
 
 
 class Aggregator(Protocol):
@@ -90,6 +102,13 @@ def first_kept(flagged: torch.Tensor, keep_at_most: int | None = None) -> torch.
     """(k,) indices of the first `keep_at_most` rows not flagged (all when None): reserves come
     last, so they stand in for excluded rows only as far as the round needs them."""
     return (~flagged).nonzero().flatten()[:keep_at_most]
+
+
+def keep_mask(flagged: torch.Tensor, keep_at_most: int | None = None) -> torch.Tensor:
+    """(n,) bool: the rows `first_kept` keeps; the same as ~flagged when nothing is left over."""
+    mask = torch.zeros(len(flagged), dtype=torch.bool)
+    mask[first_kept(flagged, keep_at_most)] = True
+    return mask
 
 
 def aggregate_kept(fallback, updates: torch.Tensor, weights: torch.Tensor, flagged: torch.Tensor,

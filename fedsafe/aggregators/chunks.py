@@ -52,7 +52,7 @@ def map_chunks(fn: Callable[[slice], torch.Tensor], chunks: list[slice], width: 
 def sort_columns(c: torch.Tensor, *, order: bool = False):
     """(n, C) chunk -> (C, n) with each column's values ascending (and, if asked, the row index
     each sorted value came from). numpy's SIMD sort on CPU, torch.sort elsewhere."""
-    rows = c.T.contiguous()  # (C, n)
+    rows = c.T.clone(memory_format=torch.contiguous_format)  # (C, n) copy; at d = 1, .contiguous() would not copy
     if rows.device.type != "cpu":
         values, idx = rows.sort(dim=1)
         return (values, idx) if order else values

@@ -6,19 +6,24 @@ take its top right singular vector v and score every client by its squared proje
 the c * f highest-scored are outliers. Clients never an outlier in any iteration are averaged
 (examples-weighted). The coordinate draws are seeded by (seed, call number): reproducible, and a
 resumed run continues the sequence (state_dict). Outliers are flagged; `scores` are the outlier
-scores averaged over iterations.
+scores averaged over iterations. With reserves (`takes_reserves`) all rows are scored and at most
+keep_at_most of the others, the first in row order, are averaged; the rest get weight 0, unflagged.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from fedsafe.aggregators.base import AggregationResult, check_int, normalize, weighted_mean
+from fedsafe.aggregators.base import AggregationResult, Degenerate, check_int, keep_mask, normalize, weighted_mean
 from fedsafe.aggregators.registry import register
 
 
 @register("dnc")
 class DnC:
+    takes_reserves = True
+
     def __init__(self, num_malicious: int = 1, c: float = 1.0, sub_dim: int = 10000,
                  niters: int = 1, seed: int = 0):
         self.num_malicious = check_int("num_malicious", num_malicious)
@@ -30,7 +35,33 @@ class DnC:
         self.seed = check_int("seed", seed)
         self.calls = 0
 
-    def __call__(self, updates: torch.Tensor, weights: torch.Tensor) -> AggregationResult:
+    def degenerate(self, n: int) -> Degenerate | None:
+        f, c = self.num_malicious, self.c
+        removed = int(c * f)
+        if 0 < removed < n:
+            return None
+        what = f"removes int(c * num-malicious) = {removed} of {n} updates"
+        if removed >= n:
+            if int(c) < n:  # num-malicious = 1 keeps one
+                largest = next(g for g in range(f, 0, -1) if int(c * g) < n)
+                return Degenerate("num_malicious", f, f"{what}, all of them; the largest that keeps one is {largest}")
+            return Degenerate("c", c, f"{what}, all of them; c below {n / f!r} keeps one")
+        if f == 0:
+            if c == 0:
+                return Degenerate("num_malicious", f, f"{what}: the plain average; num-malicious >= 1 with c > 0 "
+                                                      f"removes some")
+            smallest = max(1, math.floor(1 / c))
+            while int(c * smallest) < 1:
+                smallest += 1
+            return Degenerate("num_malicious", f, f"{what}: the plain average; the smallest that removes one is "
+                                                  f"{smallest}")
+        smallest_c = 1 / f
+        while int(smallest_c * f) < 1:  # 1/f * f can round below 1
+            smallest_c = math.nextafter(smallest_c, math.inf)
+        return Degenerate("c", c, f"{what}: the plain average; the smallest that removes one is {smallest_c!r}")
+
+    def __call__(self, updates: torch.Tensor, weights: torch.Tensor, *,
+                 keep_at_most: int | None = None) -> AggregationResult:
         n, d = updates.shape
         removed = int(self.c * self.num_malicious)
         if removed >= n:
@@ -49,7 +80,7 @@ class DnC:
             scores += s / self.niters
             if removed:
                 good[s.topk(removed).indices] = False
-        p = normalize(weights * good)
+        p = normalize(weights * keep_mask(~good, keep_at_most))
         return AggregationResult(update=weighted_mean(updates, p), weights=p, flagged=~good,
                                  scores=scores, info={"removed_per_iter": removed})
 

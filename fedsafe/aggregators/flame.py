@@ -10,6 +10,9 @@
 The paper clusters local models; fedsafe clusters deltas (what aggregators see; cosine of
 deltas is the more common reimplementation). `scores`: each client's median cosine distance to
 the others; `weights`: mixing coefficients; info["clip_factors"]: per-client scale factors.
+With reserves (`takes_reserves`) all rows are clustered (the clip bound is their median norm)
+and at most keep_at_most of the kept, the first in row order, are averaged; the rest of the
+cluster gets weight 0, unflagged.
 sklearn is imported on first use, so importing fedsafe.aggregators stays light.
 """
 
@@ -17,13 +20,16 @@ from __future__ import annotations
 
 import torch
 
-from fedsafe.aggregators.base import AggregationResult, check_int, cosine_from_gram, gram, median, normalize
+from fedsafe.aggregators.base import (AggregationResult, Degenerate, check_int, cosine_from_gram, gram, keep_mask,
+                                      median, normalize)
 from fedsafe.aggregators.norm_bound import clip_factors
 from fedsafe.aggregators.registry import register
 
 
 @register("flame")
 class Flame:
+    takes_reserves = True
+
     def __init__(self, noise_lambda: float = 0.0, seed: int = 0):
         if not noise_lambda >= 0:
             raise ValueError(f"flame noise_lambda must be >= 0, got {noise_lambda!r}")
@@ -31,7 +37,13 @@ class Flame:
         self.seed = check_int("seed", seed)
         self.calls = 0
 
-    def __call__(self, updates: torch.Tensor, weights: torch.Tensor) -> AggregationResult:
+    def degenerate(self, n: int) -> Degenerate | None:
+        if n >= 3:
+            return None
+        return Degenerate(None, n, f"FLAME clusters at least 3 updates; with {n} it keeps them all (a clipped average)")
+
+    def __call__(self, updates: torch.Tensor, weights: torch.Tensor, *,
+                 keep_at_most: int | None = None) -> AggregationResult:
         n = updates.shape[0]
         g = gram(updates)  # (n, n) float64, one pass
         dist = (1 - cosine_from_gram(g)).clamp_(0, 2)
@@ -40,7 +52,7 @@ class Flame:
         norms = g.diagonal().clamp_min(0).sqrt()  # (n,)
         bound = float(median(norms, dim=0))
         factors = clip_factors(norms, bound)
-        p = normalize(weights * kept)
+        p = normalize(weights * keep_mask(~kept, keep_at_most))
         update = (p * factors).to(updates.dtype) @ updates  # (d,)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
         self.calls += 1

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import torch
 
-from fedsafe.aggregators.base import AggregationResult, no_flags
+from fedsafe.aggregators.base import AggregationResult, Degenerate, no_flags
 from fedsafe.aggregators.chunks import column_chunks, count_within, map_chunks, sort_columns
 from fedsafe.aggregators.registry import register
 
 
 @register("median")
 class Median:
+    def degenerate(self, n: int) -> Degenerate | None:
+        if n >= 3:
+            return None
+        return Degenerate(None, n, f"the median of {n} updates is their mean; it needs 3")
+
     def __call__(self, updates: torch.Tensor, weights: torch.Tensor) -> AggregationResult:
         n, d = updates.shape
         out = torch.empty(d, dtype=updates.dtype)

@@ -48,6 +48,15 @@ def test_shapes_weights_and_info(name, n):
 
 
 @pytest.mark.parametrize("name", available())
+def test_a_single_coordinate_is_not_sorted_in_place(name):
+    """At d = 1 a transposed chunk is already contiguous: a rule must still sort its own copy."""
+    updates = torch.tensor([[3.0], [-1.0], [7.0], [0.5], [2.0], [-4.0], [1.0]])
+    before = updates.clone()
+    run(name, updates, torch.ones(7))
+    assert torch.equal(updates, before), "aggregators must not modify their input"
+
+
+@pytest.mark.parametrize("name", available())
 def test_identical_inputs_give_that_input(name):
     updates, weights = sample(9, seed=1)
     updates[:] = updates[0]

@@ -5,7 +5,8 @@ num-examples each) through its real `aggregate_train`; our rule gets the same ar
 to (n, d). Flower aggregates full arrays, fedsafe deltas; the rules are translation-equivariant,
 so comparing on the same arrays is the same test. Parameter mapping:
 - FedTrimmedAvg(beta) == trimmed-mean(beta): both cut int(beta * n) values per side (scipy's
-  trim_mean), unweighted;
+  trim_mean), unweighted; our beta = 0 means "trim a count" (`trim`), so Flower's beta = 0 is our
+  trim = 0;
 - Krum/MultiKrum(num_malicious_nodes=f, num_nodes_to_select=m) == krum/multi-krum(num_malicious=f,
   num_selected=m): score = n - f - 2 (at least 1) nearest neighbours; Multi-Krum averages the
   selection weighted by num-examples, as ours;
@@ -80,7 +81,8 @@ def test_median(n):
 @pytest.mark.parametrize("beta", [0.0, 0.1, 0.2, 0.3, 0.45])
 def test_trimmed_mean(n, beta):
     updates, weights = sample(n, 100 + n)
-    assert_same(ours("trimmed-mean", updates, weights, beta=beta),
+    params = {"beta": beta} if beta > 0 else {"trim": 0}
+    assert_same(ours("trimmed-mean", updates, weights, **params),
                 flower(FedTrimmedAvg(beta=beta), updates, weights))
 
 

@@ -47,6 +47,30 @@ def test_trimmed_mean_drops_k_per_side():
     assert close(r.update, [22, 3])
 
 
+def test_trimmed_mean_trims_one_per_side_by_default_whatever_n():
+    rows = [[1, 0], [2, 9], [3, 3], [100, 2]]
+    r = agg("trimmed-mean", rows)  # trim = 1: beta = 0.1 would trim int(0.4) = 0 of 4
+    assert close(r.update, [2.5, 2.5])  # mean(2, 3) after 1 and 100; mean(2, 3) after 0 and 9
+    assert close(r.weights, [0, 0.25, 0.5, 0.25])  # kept: c0 none, c1 once, c2 twice, c3 once (of 4)
+    assert r.info["trimmed_per_side"] == 1
+    assert agg("trimmed-mean", torch.randn(20, 3).tolist()).info["trimmed_per_side"] == 1
+
+
+def test_trimmed_mean_by_count():
+    rows = [[1, 0], [2, 9], [3, 3], [4, 2], [100, 1]]
+    r = agg("trimmed-mean", rows, trim=2)  # 2 + 2 of 5: the coordinate-wise median
+    assert close(r.update, [3, 2]) and close(r.weights, [0, 0, 0.5, 0.5, 0])
+    with pytest.raises(ValueError, match=r"trim=2 needs n >= 5 updates, got 4"):
+        agg("trimmed-mean", rows[:4], trim=2)
+    assert get_aggregator("trimmed-mean", trim=2).min_clients == 5
+
+
+def test_trimmed_mean_takes_a_count_or_a_share_not_both():
+    with pytest.raises(ValueError, match="not both"):
+        get_aggregator("trimmed-mean", trim=2, beta=0.2)
+    assert get_aggregator("trimmed-mean", trim=1, beta=0.2).per_side(10) == 2  # trim at its default: beta counts
+
+
 KRUM_ROWS = [[0, 0], [1, 0], [3, 0], [5, 0], [20, 0]]
 # f = 1, n - f - 2 = 2 nearest neighbours; squared distances along the line:
 # c0: 1 + 9 = 10, c1: 1 + 4 = 5, c2: 4 + 4 = 8, c3: 4 + 16 = 20, c4: 225 + 289 = 514
@@ -72,6 +96,32 @@ def test_krum_ties_do_not_depend_on_row_order():
     a = agg("krum", rows)
     b = agg("krum", rows[::-1])
     assert close(a.update, [1, 0]) and close(b.update, [1, 0])  # c1 is nearer to everyone
+
+
+def test_krum_neighbourhood_averages_the_best_and_its_nearest():
+    rows = [[0, 0], [1, 0], [3, 0], [10, 0]]
+    # f = 1: n - f - 1 = 2 nearest others, L2 distances summed:
+    # c0: 1 + 3 = 4, c1: 1 + 2 = 3, c2: 2 + 3 = 5, c3: 7 + 9 = 16; best c1, its nearest c0 and c2
+    r = agg("krum", rows, num_malicious=1, variant="neighbourhood")
+    assert close(r.scores, [4, 3, 5, 16])
+    assert close(r.update, [4 / 3, 0]) and r.flagged.tolist() == [False, False, False, True]
+    r = agg("krum", rows, weights=[1, 1, 2, 1], num_malicious=1, variant="neighbourhood")
+    assert close(r.update, [7 / 4, 0]) and close(r.weights, [0.25, 0.25, 0.5, 0])  # (0 + 1 + 2 * 3) / 4
+
+
+def test_krum_neighbourhood_differs_from_classic_krum():
+    rows = [[0, 0], [1, 0], [4, 0], [6, 0], [30, 0]]
+    # f = 2, n - f - 1 = 2 nearest, L2: c0 1 + 4 = 5, c1 1 + 3 = 4, c2 2 + 3 = 5, c3 2 + 5 = 7, c4 24 + 26 = 50
+    r = agg("krum", rows, num_malicious=2, variant="neighbourhood")
+    assert close(r.scores, [5, 4, 5, 7, 50])
+    assert close(r.update, [5 / 3, 0]) and r.flagged.tolist() == [False, False, False, True, True]  # c1, c0, c2
+    # classic, n - f - 2 = 1 nearest, squared: c0 and c1 tie at 1; c1 is nearer to everyone
+    assert close(agg("krum", rows, num_malicious=2).update, [1, 0])
+
+
+def test_krum_variant_is_checked():
+    with pytest.raises(ValueError, match=r"defense.krum.variant='paper': accepted classic, neighbourhood"):
+        get_aggregator("krum", variant="paper")
 
 
 def test_bulyan_selects_then_trims_around_the_median():
