@@ -123,7 +123,7 @@ def test_eval_protocol_keys():
     assert s.eval.judge == "paper-rule"
     assert s.eval.judges == ("paper-rule", "rule", "OpenSafetyLab/MD-Judge-v0.1")
     defaults = from_run_config({}).eval
-    assert (defaults.temperature, defaults.judges, defaults.rm_model, defaults.mt1_questions) == (0.0, ("rule",), "", "")
+    assert (defaults.temperature, defaults.judges, defaults.rm_model, defaults.mt1.questions) == (0.0, ("rule",), "", "")
 
 
 def test_aggregator_needing_more_clients_than_a_round_has_is_refused_up_front():
@@ -210,3 +210,21 @@ def test_probe_prompt_limit_matches_the_bundled_files():
     from fedsafe.config import PROBE_PROMPTS
 
     assert len(data.bundled("harmful_probe")) == len(data.bundled("helpful_probe")) == PROBE_PROMPTS
+
+
+def test_pyproject_block_and_configuration_doc_are_generated_from_the_declarations():
+    """Stale derived files fail here; `python -m fedsafe.config.generate` rewrites both."""
+    from fedsafe.config.generate import configuration_md, current_block, pyproject_block
+
+    assert current_block() == pyproject_block()
+    assert (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8") == configuration_md()
+
+
+def test_every_key_is_declared_once_with_help_and_a_flower_type():
+    from fedsafe.config import declared_keys
+
+    keys = declared_keys()
+    assert len({spec.path for spec in keys.values()}) == len(keys)
+    for key, spec in keys.items():
+        assert spec.help.strip(), key
+        assert spec.kind in (bool, int, float, str), key

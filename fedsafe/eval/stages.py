@@ -37,9 +37,9 @@ class Evaluator:
     def __init__(self, settings: Settings, run_dir: Path | None):
         cfg = settings.eval
         self.run_dir = run_dir
-        self.harmful = load_safety_prompts(cfg.benchmark, cfg.safety_limit)
+        self.harmful = load_safety_prompts(cfg.safety.benchmark, cfg.safety.limit)
         benign = data.bundled("helpful_eval")
-        self.benign = benign[: cfg.benign_limit] if cfg.benign_limit else benign
+        self.benign = benign[: cfg.benign.limit] if cfg.benign.limit else benign
         self.judge_spec = cfg.judge
         self.judge = build_judge(cfg.judge)  # the primary judge: safety_rate, the probe, post-hoc
         self.more_judges = {spec: build_judge(spec) for spec in cfg.judges[1:]}
@@ -47,10 +47,10 @@ class Evaluator:
                                              temperature=cfg.temperature, top_p=cfg.top_p, seed=settings.seed)
         self.seq_length = settings.train.seq_length
         self.probe_size = cfg.probe_size
-        self.grader = (Grader(cfg.helpfulness_url, cfg.helpfulness_model, cfg.helpfulness_api_key_env)
-                       if cfg.helpfulness_url and cfg.helpfulness_model else None)
+        self.grader = (Grader(cfg.helpfulness.url, cfg.helpfulness.model, cfg.helpfulness.api_key_env)
+                       if cfg.helpfulness.url and cfg.helpfulness.model else None)
         # Loaded up front, so a wrong id fails before training rather than after it.
-        self.mt1 = load_questions(cfg.mt1_questions) if cfg.mt1_questions else []
+        self.mt1 = load_questions(cfg.mt1.questions) if cfg.mt1.questions else []
         self.reward = RewardModel(cfg.rm_model) if cfg.rm_model else None
 
     def stage(self, name: str, model, tokenizer, rows_path: Path | None = None) -> dict:

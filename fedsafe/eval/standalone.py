@@ -76,7 +76,7 @@ def evaluate_model(model: str | None, *, adapter: str | Path | None = None, benc
              100 * metrics["safety_rate"], 100 * metrics["benign_refusal_rate"], metrics["helpfulness"])
     return {
         "model": settings.model.name, "adapter": str(adapter_dir) if adapter_dir else None,
-        "quantization": settings.model.quantization, "benchmark": settings.eval.benchmark,
+        "quantization": settings.model.quantization, "benchmark": settings.eval.safety.benchmark,
         "judge": settings.eval.judge,
         **metrics, "load_seconds": round(load_seconds, 1), "rows": str(rows) if rows else None,
     }

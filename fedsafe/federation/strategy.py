@@ -176,11 +176,11 @@ def with_dp(strategy: RobustStrategy, settings: Settings):
     """Central DP with server-side fixed clipping, by Flower's own wrapper, when
     `defense.dp.noise-multiplier` > 0: it clips each client's update to
     `defense.dp.clipping-norm`, lets the aggregator run, then adds Gaussian noise."""
-    if settings.defense.dp_noise_multiplier <= 0:
+    if settings.defense.dp.noise_multiplier <= 0:
         return strategy
     from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
     return DifferentialPrivacyServerSideFixedClipping(
-        strategy, settings.defense.dp_noise_multiplier, settings.defense.dp_clipping_norm,
+        strategy, settings.defense.dp.noise_multiplier, settings.defense.dp.clipping_norm,
         settings.clients.per_round,
     )

@@ -45,13 +45,13 @@ def test_a_dataset_folder_loads_as_a_hub_dataset(tmp_path):
     write_jsonl(folder / "train.jsonl", FASTCHAT_ROWS[:2])
     questions = load_questions(str(folder))
     assert [q.text for q in questions] == [r["turns"][0] for r in FASTCHAT_ROWS[:2]]
-    assert from_run_config({"eval.mt1.questions": str(folder), **GRADER}).eval.mt1_questions == str(folder)
+    assert from_run_config({"eval.mt1.questions": str(folder), **GRADER}).eval.mt1.questions == str(folder)
 
 
 def test_config_checks_the_questions_file(tmp_path):
     good = write_jsonl(tmp_path / "good.jsonl", FASTCHAT_ROWS)
-    assert from_run_config({"eval.mt1.questions": str(good), **GRADER}).eval.mt1_questions == str(good)
-    assert from_run_config({"eval.mt1.questions": "HuggingFaceH4/mt_bench_prompts", **GRADER}).eval.mt1_questions
+    assert from_run_config({"eval.mt1.questions": str(good), **GRADER}).eval.mt1.questions == str(good)
+    assert from_run_config({"eval.mt1.questions": "HuggingFaceH4/mt_bench_prompts", **GRADER}).eval.mt1.questions
     bad = {
         "missing": tmp_path / "missing.jsonl",
         "no column": write_jsonl(tmp_path / "answers.jsonl", [{"answer": "x"}]),
