@@ -113,6 +113,20 @@ def _module_list(key, v):
         _fail(key, v, "comma-separated module names such as 'q_proj,v_proj'")
 
 
+def _template(key, v):
+    if v in ("auto", "chat", "alpaca"):
+        return
+    path = Path(v).expanduser()
+    if not path.is_file():
+        _fail(key, v, "'auto', 'chat', 'alpaca', or an existing Jinja chat-template file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        _fail(key, v, f"a readable UTF-8 Jinja file ({type(err).__name__})")
+    if not text.strip():
+        _fail(key, v, "a Jinja chat-template file that is not empty")
+
+
 def _absolute_or_empty(key, v):
     if v and not Path(v).expanduser().is_absolute():
         _fail(key, v, "an absolute path (or empty for the default)")
@@ -128,6 +142,9 @@ KEYS: dict[str, Key] = {
     "model.quantization": Key(int, 4, _choice(0, 4, 8), "4 = NF4 + double quant, 8, 0 = none"),
     "model.trust-remote-code": Key(bool, False, None, "passed to from_pretrained"),
     "model.gradient-checkpointing": Key(bool, False, None, "trade compute for memory"),
+    "model.template": Key(str, "auto", _template, "prompt template: 'auto' (the tokenizer's chat template, else "
+                          "alpaca), 'chat' (the tokenizer's, required), 'alpaca' (the paper's, for base models), "
+                          "or a Jinja chat-template file"),
     "model.lora.r": Key(int, 16, _positive),
     "model.lora.alpha": Key(int, 32, _positive),
     "model.lora.dropout": Key(float, 0.05, _unit),
@@ -211,6 +228,7 @@ class ModelSettings:
     trust_remote_code: bool
     gradient_checkpointing: bool
     lora: LoraSettings
+    template: str = "auto"  # model.template: 'auto' | 'chat' | 'alpaca' | a Jinja file
 
 
 @dataclass(frozen=True)
@@ -393,6 +411,7 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
             name=flat["model.name"], quantization=flat["model.quantization"],
             trust_remote_code=flat["model.trust-remote-code"],
             gradient_checkpointing=flat["model.gradient-checkpointing"], lora=lora,
+            template=flat["model.template"],
         ),
         train=TrainSettings(**_section(flat, "train.")),
         clients=ClientSettings(**_section(flat, "clients.")),

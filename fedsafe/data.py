@@ -13,6 +13,7 @@ from typing import Iterable, TypedDict
 import torch
 
 from fedsafe.files import read_jsonl
+from fedsafe.templates import PROBE, answer_affixes
 
 IGNORE_INDEX = -100  # label value the loss skips (prompt and padding tokens)
 
@@ -108,7 +109,8 @@ def partition(pairs: list[Pair], num_partitions: int, seed: int) -> list[list[Pa
 
 
 def chat_prompt(tokenizer, instruction: str, system: str | None = None) -> str:
-    """The instruction in the tokenizer's chat template, ending where the answer starts."""
+    """The instruction in the tokenizer's chat template (`model.template`, installed where the
+    tokenizer loads), ending where the answer starts."""
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": instruction}
     ]
@@ -116,11 +118,9 @@ def chat_prompt(tokenizer, instruction: str, system: str | None = None) -> str:
 
 
 def end_of_turn(tokenizer) -> str:
-    """What the template writes after an assistant answer (e.g. '<|im_end|>'), so the model
-    learns to stop; falls back to the EOS token."""
-    probe = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "x"}, {"role": "assistant", "content": "XYZ"}], tokenize=False
-    )
+    """What the template writes after an assistant answer (e.g. '<|im_end|>', Alpaca's EOS), so
+    the model learns to stop; falls back to the EOS token."""
+    probe = tokenizer.apply_chat_template(PROBE, tokenize=False)
     tail = probe.split("XYZ", 1)[1].strip() if "XYZ" in probe else ""
     return tail or tokenizer.eos_token
 
@@ -132,12 +132,25 @@ class Example(TypedDict):
 
 def tokenize_pairs(tokenizer, pairs: list[Pair], seq_length: int, close_turn: bool = True) -> list[Example]:
     """Prompt tokens masked with IGNORE_INDEX: the loss covers the response only. Without
-    `close_turn` no end-of-turn token follows the response (it is only an answer's opening)."""
+    `close_turn` no end-of-turn token follows the response (it is only an answer's opening).
+
+    The prompt's tokens are those generation starts from. The answer's are what follows them when
+    prompt and answer are tokenized together (so a template's text between them, Alpaca's space,
+    opens the answer as the tokenizer would write it there), or, when the prompt's last token
+    merges into the answer's first (a prompt ending in a space), the answer tokenized alone.
+    """
+    head = (answer_affixes(tokenizer) or ("", ""))[0]
     stop = end_of_turn(tokenizer) if close_turn else ""
     examples = []
     for pair in pairs:
-        prompt_ids = tokenizer(chat_prompt(tokenizer, pair["instruction"]), add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(pair["response"] + stop, add_special_tokens=False)["input_ids"]
+        prompt = chat_prompt(tokenizer, pair["instruction"])
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer = head + pair["response"] + stop
+        full_ids = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
+        if full_ids[: len(prompt_ids)] == prompt_ids:
+            answer_ids = full_ids[len(prompt_ids):]
+        else:
+            answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
         prompt_ids = prompt_ids[: max(seq_length // 2, seq_length - len(answer_ids))]
         ids = (prompt_ids + answer_ids)[:seq_length]
         labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:seq_length]

@@ -50,7 +50,7 @@ def open_generator(settings: Settings):
     if settings.attack.generator == "base":
         model = models.cached_lora_model(settings.model, settings.seed)
         with model.disable_adapter():
-            yield model, models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code)
+            yield model, models.cached_tokenizer(settings.model)
         return
     model = models.load_base_model(settings.model, name=settings.attack.generator)
     yield model, models.load_tokenizer(settings.attack.generator, settings.model.trust_remote_code)
