@@ -35,8 +35,7 @@ def settings_from(run_config: dict) -> Settings:
 
 @cache
 def _benign_partitions(settings: Settings) -> list[list[data.Pair]]:
-    d = settings.data
-    pairs = data.benign_pool(d.benign, d.instruction_column, d.response_column, d.aligned_pairs, settings.seed)
+    pairs = data.benign_pool(settings.data, settings.clients.num, settings.seed)
     return data.partition(pairs, settings.clients.num, settings.seed)
 
 

@@ -167,12 +167,22 @@ KEYS: dict[str, Key] = {
     "data.aligned-pairs": Key(int, 60, _non_negative, "bundled refusal pairs added to the benign pool"),
     "data.instruction-column": Key(str, "instruction", None, "column mapping for files/Hub"),
     "data.response-column": Key(str, "response", None),
+    "data.samples-per-client": Key(int, 0, _non_negative, "pairs each client draws from data.benign, seeded (Hub "
+                                   "sets are streamed, never downloaded whole); 0 = an equal share of all (paper: 500)"),
+    "data.single-turn": Key(bool, False, None, "data.benign rows: keep one-exchange conversations only (column "
+                            "`turn` = 1, else one user message)"),
+    "data.language": Key(str, "", None, "data.benign rows: keep those whose `language` column is this, e.g. "
+                         "'English'; '' = any"),
+    "data.drop-flagged": Key(bool, False, None, "data.benign rows: drop conversations whose first answer OpenAI "
+                             "moderation flagged (`openai_moderation`, else WildChat's `toxic`)"),
     "attack.num-malicious": Key(int, 3, _non_negative, "the last N partitions are malicious"),
     "attack.malicious-ids": Key(str, "", _id_list, "explicit ids; overrides num-malicious"),
     "attack.data": Key(str, "generated", _data_source("generated")),
     "attack.generator": Key(str, "base", _model_source, "'base' = the experiment's model"),
     "attack.instructions": Key(str, "generated", _data_source("generated", "bundled")),
     "attack.num-samples": Key(int, 96, _positive, "generation attempts"),
+    "attack.samples-per-client": Key(int, 0, _non_negative, "attack pairs per malicious client, seeded; 0 = an "
+                                     "equal share of all attack pairs (paper: 500)"),
     "attack.benign-mix": Key(float, 0.0, _unit, "share of benign samples for stealth"),
     "attack.update": Key(str, "none", _choice(*UPDATE_ATTACKS), "model poisoning on the delta"),
     "attack.update-factor": Key(float, 10.0, _positive, "scale for 'scale'/'sign-flip', std for 'gaussian'"),
@@ -260,6 +270,10 @@ class DataSettings:
     aligned_pairs: int
     instruction_column: str
     response_column: str
+    samples_per_client: int
+    single_turn: bool
+    language: str
+    drop_flagged: bool
 
 
 @dataclass(frozen=True)
@@ -269,6 +283,7 @@ class AttackSettings:
     generator: str
     instructions: str
     num_samples: int
+    samples_per_client: int
     benign_mix: float
     update: str
     update_factor: float
