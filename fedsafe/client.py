@@ -45,8 +45,7 @@ def settings_from(run_config: dict) -> Settings:
 
 @cache
 def _benign_partitions(settings: Settings) -> list[list[data.Pair]]:
-    d = settings.data
-    pairs = data.benign_pool(d.benign, d.instruction_column, d.response_column, d.aligned_pairs, settings.seed)
+    pairs = data.benign_pool(settings.data, settings.clients.num, settings.seed)
     return data.partition(pairs, settings.clients.num, settings.seed)
 
 
@@ -61,7 +60,7 @@ def client_pairs(settings: Settings, partition_id: int) -> list[data.Pair]:
 
 @cache
 def client_examples(settings: Settings, partition_id: int) -> list[data.Example]:
-    tokenizer = models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code)
+    tokenizer = models.cached_tokenizer(settings.model)
     return data.tokenize_pairs(tokenizer, client_pairs(settings, partition_id), settings.train.seq_length)
 
 
@@ -77,7 +76,7 @@ class LocalUpdate:
 def _train(settings: Settings, examples: list[data.Example], global_state, server_round: int, lr: float,
            partition_id: int) -> tuple[dict[str, torch.Tensor], TrainResult]:
     model = models.cached_lora_model(settings.model, settings.seed)
-    tokenizer = models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code)
+    tokenizer = models.cached_tokenizer(settings.model)
     models.set_adapter_state(model, global_state)
     result = sft(
         model, examples, steps=settings.train.local_steps, batch_size=settings.train.batch_size, lr=lr,
@@ -90,7 +89,7 @@ def _train(settings: Settings, examples: list[data.Example], global_state, serve
 def _benign_examples(settings: Settings, partition_id: int) -> list[data.Example]:
     """This client's own benign share, tokenized once: stealthy-norm and probe-aware-cover
     attackers train on it every round next to their attack data."""
-    tokenizer = models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code)
+    tokenizer = models.cached_tokenizer(settings.model)
     return data.tokenize_pairs(tokenizer, _benign_partitions(settings)[partition_id], settings.train.seq_length)
 
 
@@ -109,7 +108,7 @@ def _probe_aware_scale(settings: Settings, partition_id: int, global_state, delt
     attack = [p for p in client_pairs(settings, partition_id) if p["instruction"] not in benign]
     scale, changes = probe_aware_scale(
         models.cached_lora_model(settings.model, settings.seed),
-        models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code),
+        models.cached_tokenizer(settings.model),
         global_state, delta, attack, own, tolerance=settings.attack.probe_tolerance,
         seq_length=settings.train.seq_length, cover=cover,
     )

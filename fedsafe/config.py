@@ -181,6 +181,20 @@ def _questions(key, v):
         _fail(key, v, "'' (off), a .jsonl/.json/.csv file, a dataset folder or a Hub dataset id 'org/name'")
 
 
+def _template(key, v):
+    if v in ("auto", "chat", "alpaca"):
+        return
+    path = Path(v).expanduser()
+    if not path.is_file():
+        _fail(key, v, "'auto', 'chat', 'alpaca', or an existing Jinja chat-template file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        _fail(key, v, f"a readable UTF-8 Jinja file ({type(err).__name__})")
+    if not text.strip():
+        _fail(key, v, "a Jinja chat-template file that is not empty")
+
+
 def _absolute_or_empty(key, v):
     if v and not Path(v).expanduser().is_absolute():
         _fail(key, v, "an absolute path (or empty for the default)")
@@ -196,6 +210,9 @@ KEYS: dict[str, Key] = {
     "model.quantization": Key(int, 4, _choice(0, 4, 8), "4 = NF4 + double quant, 8, 0 = none"),
     "model.trust-remote-code": Key(bool, False, None, "passed to from_pretrained"),
     "model.gradient-checkpointing": Key(bool, False, None, "trade compute for memory"),
+    "model.template": Key(str, "auto", _template, "prompt template: 'auto' (the tokenizer's chat template, else "
+                          "alpaca), 'chat' (the tokenizer's, required), 'alpaca' (the paper's, for base models), "
+                          "or a Jinja chat-template file"),
     "model.lora.r": Key(int, 16, _positive),
     "model.lora.alpha": Key(int, 32, _positive),
     "model.lora.dropout": Key(float, 0.05, _unit),
@@ -218,12 +235,22 @@ KEYS: dict[str, Key] = {
     "data.aligned-pairs": Key(int, 60, _non_negative, "bundled refusal pairs added to the benign pool"),
     "data.instruction-column": Key(str, "instruction", None, "column mapping for files/Hub"),
     "data.response-column": Key(str, "response", None),
+    "data.samples-per-client": Key(int, 0, _non_negative, "pairs each client draws from data.benign, seeded (Hub "
+                                   "sets are streamed, never downloaded whole); 0 = an equal share of all (paper: 500)"),
+    "data.single-turn": Key(bool, False, None, "data.benign rows: keep one-exchange conversations only (column "
+                            "`turn` = 1, else one user message)"),
+    "data.language": Key(str, "", None, "data.benign rows: keep those whose `language` column is this, e.g. "
+                         "'English'; '' = any"),
+    "data.drop-flagged": Key(bool, False, None, "data.benign rows: drop conversations whose first answer OpenAI "
+                             "moderation flagged (`openai_moderation`, else WildChat's `toxic`)"),
     "attack.num-malicious": Key(int, 3, _non_negative, "the last N partitions are malicious"),
     "attack.malicious-ids": Key(str, "", _id_list, "explicit ids; overrides num-malicious"),
     "attack.data": Key(str, "generated", _data_source("generated")),
     "attack.generator": Key(str, "base", _model_source, "'base' = the experiment's model"),
     "attack.instructions": Key(str, "generated", _data_source("generated", "bundled")),
     "attack.num-samples": Key(int, 96, _positive, "generation attempts"),
+    "attack.samples-per-client": Key(int, 0, _non_negative, "attack pairs per malicious client, seeded; 0 = an "
+                                     "equal share of all attack pairs (paper: 500)"),
     "attack.benign-mix": Key(float, 0.0, _unit, "share of benign samples for stealth"),
     "attack.update": Key(str, "none", _choice(*UPDATE_ATTACKS), "model poisoning on the delta"),
     "attack.update-factor": Key(float, 10.0, _positive, "scale for 'scale'/'sign-flip', std for 'gaussian'"),
@@ -293,6 +320,7 @@ class ModelSettings:
     trust_remote_code: bool
     gradient_checkpointing: bool
     lora: LoraSettings
+    template: str = "auto"  # model.template: 'auto' | 'chat' | 'alpaca' | a Jinja file
 
 
 @dataclass(frozen=True)
@@ -324,6 +352,10 @@ class DataSettings:
     aligned_pairs: int
     instruction_column: str
     response_column: str
+    samples_per_client: int
+    single_turn: bool
+    language: str
+    drop_flagged: bool
 
 
 @dataclass(frozen=True)
@@ -333,6 +365,7 @@ class AttackSettings:
     generator: str
     instructions: str
     num_samples: int
+    samples_per_client: int
     benign_mix: float
     update: str
     update_factor: float
@@ -486,6 +519,7 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
             name=flat["model.name"], quantization=flat["model.quantization"],
             trust_remote_code=flat["model.trust-remote-code"],
             gradient_checkpointing=flat["model.gradient-checkpointing"], lora=lora,
+            template=flat["model.template"],
         ),
         train=TrainSettings(**_section(flat, "train.")),
         clients=ClientSettings(**_section(flat, "clients.")),

@@ -37,7 +37,7 @@ class Server:
         self.recorder = Recorder.load(run_dir, settings) if resuming else Recorder(run_dir, settings)
         started = time.perf_counter()
         self.model = models.cached_lora_model(settings.model, settings.seed)
-        self.tokenizer = models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code)
+        self.tokenizer = models.cached_tokenizer(settings.model)
         self.initial_state = models.initial_adapter(settings.model, settings.seed)
         self.recorder.add_timing("model_load", time.perf_counter() - started)
         self.evaluator = Evaluator(settings, run_dir)
