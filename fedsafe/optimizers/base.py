@@ -11,7 +11,7 @@ Hyperparameters live in the constructor; no Flower types ever reach an optimizer
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
@@ -33,11 +33,6 @@ def apply_optimizer(opt, global_vector: torch.Tensor, update: torch.Tensor) -> t
     if not torch.isfinite(new).all():
         raise ValueError(f"{name_of(opt)} returned non-finite values")
     return new.to(global_vector.dtype)
-
-
-def state_of(opt) -> Any:
-    """The optimizer's checkpointable state, or None for a stateless one."""
-    return opt.state_dict() if hasattr(opt, "state_dict") else None
 
 
 def name_of(opt) -> str:

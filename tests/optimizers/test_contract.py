@@ -96,7 +96,10 @@ def test_every_aggregator_composes_with_every_optimizer(tmp_path, aggregator, op
                                 "num-server-rounds": ROUNDS, "defense.aggregator": aggregator,
                                 "fl.optimizer": optimizer})
     clients = vectors(20, N) * 0.1 + torch.linspace(-1, 1, D)  # (N, D): a shared direction + spread
-    probe = lambda state, updates: norm_probe(updates)  # noqa: E731  (a stand-in, as in the rule contract)
+
+    def probe(state, updates):  # a stand-in, as in the rule contract
+        return norm_probe(updates)
+
     strategy = RobustStrategy(settings, get_aggregator(aggregator), Recorder(tmp_path, settings),
                               optimizer=get_optimizer(optimizer), probe=probe, wait_seconds=5)
     result = strategy.start(grid=Scripted(clients), initial_arrays=models.to_arrays(GLOBAL), num_rounds=ROUNDS)
