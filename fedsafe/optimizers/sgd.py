@@ -1,7 +1,7 @@
 """Server SGD, plain and with momentum (FedAvgM: Hsu, Qi, Brown, "Measuring the Effects of
 Non-Identical Data Distribution for Federated Visual Classification", 2019).
 
-`sgd` with lr 1 is FedAvg's step, global + update, bit for bit (1.0 * x == x). `fedavgm` has the
+`sgd` with lr 1 is FedAvg's step, global + update, bit for bit (1.0 * x == x exactly). `fedavgm` has the
 parameters, defaults and update of Flower's FedAvgM strategy: the momentum starts as the first
 update, then m <- server_momentum * m + update, and the global moves by server_learning_rate * m;
 with server_momentum 0 it is `sgd` with lr = server_learning_rate.
@@ -21,7 +21,7 @@ class Sgd:
         self.lr = check_rate("sgd lr", lr)
 
     def __call__(self, global_vector: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-        return global_vector + self.lr * update  # (d,)
+        return torch.add(global_vector, update, alpha=self.lr)  # (d,) global + lr * update
 
 
 @register("fedavgm")
@@ -39,7 +39,7 @@ class FedAvgM:
             else:
                 self.momentum.mul_(self.server_momentum).add_(update)
             step = self.momentum
-        return global_vector + self.server_learning_rate * step  # (d,)
+        return torch.add(global_vector, step, alpha=self.server_learning_rate)  # (d,)
 
     def state_dict(self) -> dict:
         return {"momentum": self.momentum}
