@@ -100,7 +100,7 @@ def _benign_examples(settings: Settings, partition_id: int) -> list[data.Example
 
 
 def _benign_delta(settings: Settings, partition_id: int, global_state, server_round: int,
-                  lr: float, correction) -> torch.Tensor:
+                  lr: float, correction=None) -> torch.Tensor:
     """This client's honest update: trained on its own benign share. (d,)"""
     state, _ = _train(settings, _benign_examples(settings, partition_id), global_state, server_round, lr,
                       partition_id, correction)

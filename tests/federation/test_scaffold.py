@@ -101,3 +101,27 @@ def test_scaffold_converges_on_heterogeneous_clients(drift):
     assert all(b < a for a, b in pairwise(losses)), losses
     # the two clients pull opposite ways, so their corrections differ
     assert not torch.allclose(controls.correction(0, x_flat.numel()), controls.correction(1, x_flat.numel()))
+
+
+@pytest.mark.parametrize("control, reason", [(None, "no ArrayRecord 'scaffold'"),
+                                             ({"w": [[float("nan"), 0.0]]}, "non-finite values in 'scaffold'"),
+                                             ({"w": [[1.0, 2.0, 3.0]]}, "wrong shape for w in 'scaffold'"),
+                                             ({"v": [[1.0, 2.0]]}, "wrong keys in 'scaffold'")])
+def test_a_reply_without_a_sound_control_variate_is_invalid(control, reason):
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+    from fedsafe.federation.replies import InvalidReply, check_reply
+
+    global_state = {"w": torch.zeros(1, 2)}
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.ones((1, 2), dtype=np.float32))}),
+                          "metrics": MetricRecord({"num-examples": 4, "partition-id": 0})})
+    good = check_reply(content, 1, 0, global_state, torch.zeros(2))  # without SCAFFOLD none is needed
+    assert good.control is None
+    if control is not None:
+        content["scaffold"] = ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in control.items()})
+    with pytest.raises(InvalidReply, match=reason.replace("(", r"\(")):
+        check_reply(content, 1, 0, global_state, torch.zeros(2), control="scaffold")
+    content["scaffold"] = ArrayRecord({"w": Array(np.full((1, 2), 3.0, dtype=np.float32))})
+    assert torch.equal(check_reply(content, 1, 0, global_state, torch.zeros(2), control="scaffold").control,
+                       torch.full((2,), 3.0))
