@@ -130,10 +130,8 @@ def train_locally(settings: Settings, partition_id: int, global_state: dict[str,
     control variate comes from the training itself, before any update poisoning."""
     examples = client_examples(settings, partition_id)
     state, result = _train(settings, examples, global_state, server_round, lr, partition_id, correction)
-    control = None
-    if correction is not None:
-        control = models.unflatten(scaffold_control(models.flatten(global_state), models.flatten(state),
-                                                    models.flatten({k: correction[k] for k in global_state}), result.steps, lr), global_state)
+    control = None if correction is None else {
+        k: scaffold_control(global_state[k], state[k], correction[k], result.steps, lr) for k in global_state}
     malicious = settings.is_malicious(partition_id)
     mode, scale = settings.attack.update, 1.0
     if malicious and mode != "none":

@@ -72,11 +72,12 @@ class Scaffold:
             p.add_(correction, alpha=-lr)
 
 
-def scaffold_control(global_flat: torch.Tensor, trained_flat: torch.Tensor, correction_flat: torch.Tensor,
+def scaffold_control(global_weights: torch.Tensor, trained: torch.Tensor, correction: torch.Tensor,
                      steps: int, lr: float) -> torch.Tensor:
-    """The client's new control variate c_i+ = c_i - c + (x - y) / (K lr), all (d,): x the global
-    adapter, y the locally trained one, K the local steps (Karimireddy et al., option II)."""
-    return (global_flat - trained_flat) / (steps * lr) - correction_flat
+    """The client's new control variate c_i+ = c_i - c + (x - y) / (K lr), elementwise on tensors
+    of one shape: x the global weights, y the locally trained ones, K the local steps, correction
+    c - c_i (Karimireddy et al., option II)."""
+    return (global_weights - trained) / (steps * lr) - correction
 
 
 def local_algorithm(settings: Settings, correction: dict[str, torch.Tensor] | None):
