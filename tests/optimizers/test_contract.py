@@ -113,3 +113,25 @@ def test_every_aggregator_composes_with_every_optimizer(tmp_path, aggregator, op
         x = apply_optimizer(opt, x, step)
     assert torch.equal(models.flatten(models.from_arrays(result.arrays)), x)
     assert not torch.equal(x, models.flatten(GLOBAL))
+
+
+def test_a_users_optimizer_runs_in_the_strategy_and_its_state_is_checkpointed(tmp_path, monkeypatch):
+    from fedsafe.federation.checkpoint import load_state, save_state
+    from tests.optimizers.test_registry import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    settings = from_run_config({"clients.num": 3, "clients.per-round": 3, "attack.num-malicious": 0,
+                                "fl.optimizer": "tests.optimizers.user_opt:SignStep"})
+    opt = get_optimizer(settings.fl.optimizer, **settings.fl.optimizer_params)
+    clients = vectors(30, 3)  # (3, D)
+    strategy = RobustStrategy(settings, get_aggregator("fedavg"), Recorder(tmp_path, settings), optimizer=opt,
+                              wait_seconds=5)
+    result = strategy.start(grid=Scripted(clients), initial_arrays=models.to_arrays(GLOBAL), num_rounds=2)
+    x = models.flatten(GLOBAL)
+    for _ in range(2):  # lr 0.01 (the class default) times the sign of the examples-weighted mean delta
+        mean = ((clients - x) * torch.tensor([10.0, 11.0, 12.0])[:, None]).sum(0) / 33.0
+        x = x + 0.01 * mean.sign()
+    assert torch.allclose(models.flatten(models.from_arrays(result.arrays)), x)
+    save_state(tmp_path, 2, GLOBAL, {"optimizer": opt})
+    restored = get_optimizer(settings.fl.optimizer)
+    assert load_state(tmp_path, {"optimizer": restored})[0] == 2 and restored.steps == opt.steps == 2
