@@ -28,6 +28,7 @@ POSTHOC_LR = {"L1": 2e-4, "L2": 1e-4, "L3": 1e-4}
 UPDATE_ATTACKS = ("none", "scale", "sign-flip", "gaussian", "stealthy-norm", "probe-aware", "probe-aware-cover")
 BENCHMARKS = ("bundled", "advbench", "harmbench", "jbb")
 JUDGE_RULES = ("rule", "paper-rule")  # fedsafe's refusal phrases, the paper's (eval/paper_rule.py)
+CLIENT_ALGORITHMS = ("none", "fedprox", "scaffold")
 PROBE_PROMPTS = 30  # lines in each of the bundled harmful_probe / helpful_probe files
 
 
@@ -222,6 +223,11 @@ KEYS: dict[str, Key] = {
     "train.seq-length": Key(int, 160, _positive, "tokens; longer samples are truncated"),
     "train.lr-max": Key(float, 1e-3, _positive, "cosine decay over rounds, as in the paper"),
     "train.lr-min": Key(float, 1e-4, _non_negative),
+    "fl.optimizer": Key(str, "sgd", None, "server optimizer after the aggregator: sgd, fedavgm, fedadagrad, "
+                        "fedyogi, fedadam or 'package.module:attr'; parameters fl.<name>.<param>"),
+    "fl.client-algorithm": Key(str, "none", _choice(*CLIENT_ALGORITHMS),
+                               "local training: none, fedprox (proximal term), scaffold (control variates)"),
+    "fl.fedprox.mu": Key(float, 0.01, _non_negative, "FedProx: loss + mu/2 ||w - w_global||^2 on the LoRA weights"),
     "clients.num": Key(int, 10, _positive, "partitions = SuperNodes"),
     "clients.per-round": Key(int, 4, _positive, "sampled each round, seeded"),
     "clients.timeout": Key(float, 1800.0, _positive, "seconds to wait for nodes and replies"),
@@ -338,6 +344,14 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
+class FlSettings:
+    optimizer: str
+    optimizer_params: dict[str, Any] = field(hash=False)  # snake_case constructor params for the optimizer
+    client_algorithm: str = "none"
+    fedprox_mu: float = 0.01
+
+
+@dataclass(frozen=True)
 class ClientSettings:
     num: int
     per_round: int
@@ -423,6 +437,7 @@ class Settings:
     resume_from: str
     model: ModelSettings
     train: TrainSettings
+    fl: FlSettings
     clients: ClientSettings
     data: DataSettings
     attack: AttackSettings
@@ -449,9 +464,9 @@ def _coerce(key: str, spec: Key, value: Any) -> Any:
     return value
 
 
-def _aggregator_params(flat: dict[str, Any], aggregator: str) -> dict[str, Any]:
-    """`defense.<name>.<param>` keys for the chosen aggregator, as constructor kwargs."""
-    prefix = f"defense.{aggregator}."
+def _plugin_params(flat: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """`<section>.<name>.<param>` keys for the chosen plug-in (prefix `<section>.<name>.`), as
+    constructor kwargs."""
     return {_snake(k[len(prefix):]): v for k, v in flat.items() if k.startswith(prefix)}
 
 
@@ -474,7 +489,7 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
     aggregator = str(run_config.get("defense.aggregator", KEYS["defense.aggregator"].default))
     unknown = [
         k for k in run_config
-        if k not in KEYS and not (k.startswith("defense.") and k.count(".") == 2)
+        if k not in KEYS and not (k.startswith(("defense.", "fl.")) and k.count(".") == 2)
     ]
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key; see fedsafe/config.py for the accepted keys")
@@ -491,7 +506,12 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
               "and eval.helpfulness.model")
     if flat["train.lr-min"] > flat["train.lr-max"]:
         _fail("train.lr-min", flat["train.lr-min"], f"at most train.lr-max={flat['train.lr-max']}")
-    params = _aggregator_params(flat, aggregator)
+    params = _plugin_params(flat, f"defense.{aggregator}.")
+    optimizer = flat["fl.optimizer"]
+    optimizer_params = _plugin_params(flat, f"fl.{optimizer}.")
+    if flat["fl.client-algorithm"] == "scaffold" and flat["defense.dp.noise-multiplier"] > 0:
+        _fail("fl.client-algorithm", "scaffold", "'none' or 'fedprox' with defense.dp.noise-multiplier > 0 (Flower's "
+              "DP wrapper clips every array a client returns, control variates included)")
     if check_aggregator:
         from fedsafe.aggregators import get_aggregator  # light import: no model libraries
 
@@ -504,6 +524,12 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
             _fail("clients.per-round", flat["clients.per-round"], f"at least {needs} for defense.aggregator="
                   f"{aggregator!r} with these parameters")
         _refuse_degenerate(agg, aggregator, flat)
+        from fedsafe.optimizers import get_optimizer  # light import: pure tensor code
+
+        try:
+            get_optimizer(optimizer, **optimizer_params)
+        except (ValueError, TypeError, ImportError, AttributeError) as err:
+            raise ConfigError(f"fl.optimizer={optimizer!r}: {err}") from None
 
     judges = _judges(flat["eval.judge"], flat["eval.judges"])
     lora = LoraSettings(
@@ -522,6 +548,8 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
             template=flat["model.template"],
         ),
         train=TrainSettings(**_section(flat, "train.")),
+        fl=FlSettings(optimizer=optimizer, optimizer_params=optimizer_params,
+                      client_algorithm=flat["fl.client-algorithm"], fedprox_mu=flat["fl.fedprox.mu"]),
         clients=ClientSettings(**_section(flat, "clients.")),
         data=DataSettings(**_section(flat, "data.")),
         attack=AttackSettings(
