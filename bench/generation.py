@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = from_run_config({})
     started = time.perf_counter()
     model = models.cached_lora_model(settings.model, 0)
-    tokenizer = models.cached_tokenizer(settings.model.name)
+    tokenizer = models.cached_tokenizer(settings.model)
     load = time.perf_counter() - started
     texts = prompts(args.prompts)
     generate(model, tokenizer, texts[:4], GenerationSettings(max_new_tokens=4, batch_size=4))  # warmup

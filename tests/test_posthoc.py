@@ -28,7 +28,7 @@ def tiny_server(tiny_model_dir):
     settings = settings_from(tiny_run_config(tiny_model_dir, "/tmp/unused", **{
         "posthoc.num-samples": 6, "posthoc.steps": 4, "posthoc.lr": 5e-2}))
     model = models.cached_lora_model(settings.model, settings.seed)
-    return settings, model, models.cached_tokenizer(settings.model.name)
+    return settings, model, models.cached_tokenizer(settings.model)
 
 
 def _check(defense, n):

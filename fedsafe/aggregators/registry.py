@@ -1,88 +1,24 @@
-"""Aggregators by name: `register("name")` for built-ins, `package.module:attr` for outside code.
-
-Names are lowercase kebab-case (the config surface is `defense.<name>.<param>`); registering a
-name twice or a malformed one fails at import time. Parameters arrive in snake_case and are checked
-against the constructor's signature, so a typo in a run config is an error, not a silent default.
+"""Aggregators by name: `register("name")` for built-ins, `package.module:attr` for outside code
+(`defense.aggregator`), with their parameters from `defense.<name>.<param>`; the mechanism, and
+its checks of names and parameters, is fedsafe/registry.py's, shared with the server optimizers.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import re
-from typing import Any, Callable
+from fedsafe.registry import Registry
 
-_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-_DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-_REGISTRY: dict[str, Callable[..., Any]] = {}
+REGISTRY = Registry("aggregator", "multi-krum")
 
 
 def register(name: str):
     """Class (or factory) decorator: make it available as `defense.aggregator = name`."""
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"aggregator name {name!r} must be lowercase kebab-case, e.g. 'multi-krum'")
-    if name in _REGISTRY:
-        raise ValueError(f"aggregator {name!r} is already registered (by {_REGISTRY[name]!r})")
-
-    def decorate(factory):
-        _REGISTRY[name] = factory
-        if inspect.isclass(factory):
-            factory.name = name  # used in error messages and results.json
-        return factory
-
-    return decorate
+    return REGISTRY.register(name)
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return REGISTRY.available()
 
 
 def get_aggregator(name: str, **params):
     """Build the aggregator `name` (registered name or `package.module:attr`) with `params`."""
-    if name in _REGISTRY:
-        return _build(name, _REGISTRY[name], params)
-    if isinstance(name, str) and _DOTTED.match(name):
-        return _resolve_dotted(name, params)
-    raise ValueError(f"unknown aggregator {name!r}; available: {', '.join(available())} "
-                     f"or 'package.module:attr'")
-
-
-def _resolve_dotted(path: str, params: dict):
-    module_name, attr = path.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"aggregator {path!r}: cannot import module {module_name!r} ({err})") from err
-    obj = getattr(module, attr, None)
-    if obj is None:
-        raise ValueError(f"aggregator {path!r}: module {module_name!r} has no attribute {attr!r}")
-    if not callable(obj):
-        raise ValueError(f"aggregator {path!r} is not callable")
-    if inspect.isclass(obj) or params:
-        return _build(path, obj, params)  # a class, or a factory given parameters
-    return obj  # an already-built aggregator (function or instance)
-
-
-def _build(name: str, factory, params: dict):
-    accepted = _accepted_params(factory)
-    if accepted is not None:
-        unknown = sorted(set(params) - set(accepted))
-        if unknown:
-            raise ValueError(f"aggregator {name!r} got unknown parameter(s) {', '.join(map(repr, unknown))}; "
-                             f"accepted: {', '.join(accepted) or '(none)'}")
-    return factory(**params)
-
-
-def _accepted_params(factory) -> list[str] | None:
-    """Keyword parameters of the constructor/factory; None if it takes **kwargs."""
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return None
-    names = []
-    for p in sig.parameters.values():
-        if p.kind is p.VAR_KEYWORD:
-            return None
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-            names.append(p.name)
-    return names
+    return REGISTRY.get(name, **params)

@@ -128,6 +128,21 @@ def module_list(key, v):
         fail(key, v, "comma-separated module names such as 'q_proj,v_proj'")
 
 
+def template(key, v):
+    """'auto', 'chat', 'alpaca', or a readable, non-empty Jinja chat-template file."""
+    if v in ("auto", "chat", "alpaca"):
+        return
+    path = Path(v).expanduser()
+    if not path.is_file():
+        fail(key, v, "'auto', 'chat', 'alpaca', or an existing Jinja chat-template file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        fail(key, v, f"a readable UTF-8 Jinja file ({type(err).__name__})")
+    if not text.strip():
+        fail(key, v, "a Jinja chat-template file that is not empty")
+
+
 def absolute_or_empty(key, v):
     if v and not Path(v).expanduser().is_absolute():
         fail(key, v, "an absolute path (or empty for the default)")

@@ -17,7 +17,8 @@ from fedsafe.config.parse import declared_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = "[tool.flwr.app.config]"
-PARAMS_NOTE = "# Parameters of each registered aggregator (used when it is the one selected)."
+PARAMS_NOTE = {"defense": "# Parameters of each registered aggregator (used when it is the one selected).",
+               "fl": "# Parameters of each registered server optimizer (used when it is the one selected)."}
 
 
 def _toml(value: Any) -> str:
@@ -28,27 +29,39 @@ def _toml(value: Any) -> str:
     return repr(value)
 
 
-def aggregator_params() -> dict[str, Any]:
-    """`defense.<name>.<param>` defaults, read from each registered rule's constructor."""
-    from fedsafe.aggregators.registry import _REGISTRY
-
+def _constructor_defaults(section: str, entries: dict) -> dict[str, Any]:
     params = {}
-    for name, factory in _REGISTRY.items():
+    for name, factory in entries.items():
         for p in inspect.signature(factory).parameters.values():
             if p.default is not p.empty and isinstance(p.default, (bool, int, float, str)):
-                params[f"defense.{name}.{p.name.replace('_', '-')}"] = p.default
+                params[f"{section}.{name}.{p.name.replace('_', '-')}"] = p.default
     return params
+
+
+def aggregator_params() -> dict[str, Any]:
+    """`defense.<name>.<param>` defaults, read from each registered rule's constructor."""
+    from fedsafe.aggregators.registry import REGISTRY
+
+    return _constructor_defaults("defense", REGISTRY.entries)
+
+
+def optimizer_params() -> dict[str, Any]:
+    """`fl.<name>.<param>` defaults, read from each registered server optimizer's constructor."""
+    from fedsafe.optimizers.registry import REGISTRY
+
+    return _constructor_defaults("fl", REGISTRY.entries)
 
 
 def pyproject_block() -> str:
     lines = [HEADER, "# Generated from fedsafe/config/settings.py by `python -m fedsafe.config.generate`."]
-    keys = list(declared_keys().items())
-    for i, (key, spec) in enumerate(keys):
-        lines.append(f"{key} = {_toml(spec.default)}")
-        last_defense = key.startswith("defense.") and not (i + 1 < len(keys) and keys[i + 1][0].startswith("defense."))
-        if last_defense:
-            lines.append(PARAMS_NOTE)
-            lines += [f"{k} = {_toml(v)}" for k, v in aggregator_params().items()]
+    plugins = {"defense": aggregator_params(), "fl": optimizer_params()}
+    keys = list(declared_keys())
+    for i, key in enumerate(keys):
+        lines.append(f"{key} = {_toml(declared_keys()[key].default)}")
+        section = key.split(".")[0]
+        if section in plugins and (i + 1 == len(keys) or keys[i + 1].split(".")[0] != section):
+            lines.append(PARAMS_NOTE[section])  # after the section's last declared key
+            lines += [f"{k} = {_toml(v)}" for k, v in plugins[section].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -73,10 +86,12 @@ def configuration_md() -> str:
         accepted = _accepted(spec)
         help_text = spec.help + (f" (one of {accepted})" if accepted else "")
         lines.append(f"| `{key}` | {spec.kind.__name__} | `{_toml(spec.default)}` | {help_text} |")
-    lines += ["", "## aggregator parameters", "",
-              "`defense.<aggregator>.<param>` reaches the chosen aggregator's constructor; the built-in defaults:",
-              "", "| key | default |", "|---|---|"]
-    lines += [f"| `{k}` | `{_toml(v)}` |" for k, v in aggregator_params().items()]
+    for title, what, params in (("aggregator parameters", "`defense.<aggregator>.<param>` reaches the chosen "
+                                 "aggregator's constructor", aggregator_params()),
+                                ("server optimizer parameters", "`fl.<optimizer>.<param>` reaches the chosen server "
+                                 "optimizer's constructor", optimizer_params())):
+        lines += ["", f"## {title}", "", f"{what}; the built-in defaults:", "", "| key | default |", "|---|---|"]
+        lines += [f"| `{k}` | `{_toml(v)}` |" for k, v in params.items()]
     return "\n".join(lines) + "\n"
 
 

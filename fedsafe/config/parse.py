@@ -82,10 +82,14 @@ def _build(cls, values: dict[tuple[str, ...], Any], path: tuple[str, ...] = ()):
     return cls(**kwargs)
 
 
-def _aggregator_params(flat: dict[str, Any], aggregator: str) -> dict[str, Any]:
-    """`defense.<name>.<param>` keys for the chosen aggregator, as constructor kwargs."""
-    prefix = f"defense.{aggregator}."
-    return {k[len(prefix):].replace("-", "_"): v for k, v in flat.items() if k.startswith(prefix)}
+PLUGIN_SECTIONS = ("defense.", "fl.")  # defense.<aggregator>.<param>, fl.<optimizer>.<param>
+
+
+def _plugin_params(flat: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """`<section>.<name>.<param>` keys of the chosen plug-in (prefix `<section>.<name>.`), as
+    constructor kwargs; declared keys (e.g. fl.fedprox.mu) are not a plug-in's."""
+    keys = declared_keys()
+    return {k[len(prefix):].replace("-", "_"): v for k, v in flat.items() if k.startswith(prefix) and k not in keys}
 
 
 def _malicious_ids(flat: dict[str, Any], num_clients: int) -> tuple[int, ...]:
@@ -118,6 +122,18 @@ def _cross_checks(flat: dict[str, Any]) -> None:
              "and eval.helpfulness.model")
     if flat["train.lr-min"] > flat["train.lr-max"]:
         fail("train.lr-min", flat["train.lr-min"], f"at most train.lr-max={flat['train.lr-max']}")
+    if flat["fl.client-algorithm"] == "scaffold" and flat["defense.dp.noise-multiplier"] > 0:
+        fail("fl.client-algorithm", "scaffold", "'none' or 'fedprox' with defense.dp.noise-multiplier > 0 (Flower's "
+             "DP wrapper clips every array a client returns, control variates included)")
+
+
+def _check_optimizer(optimizer: str, params: dict[str, Any]) -> None:
+    from fedsafe.optimizers import get_optimizer  # light import: pure tensor code
+
+    try:
+        get_optimizer(optimizer, **params)
+    except (ValueError, TypeError, ImportError, AttributeError) as err:
+        raise ConfigError(f"fl.optimizer={optimizer!r}: {err}") from None
 
 
 def _check_aggregator(flat: dict[str, Any], aggregator: str, params: dict[str, Any]) -> None:
@@ -153,16 +169,18 @@ def _refuse_degenerate(agg, aggregator: str, flat: dict[str, Any]) -> None:
 def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True) -> Settings:
     """Parse and validate a flat Flower run config (missing keys take their defaults)."""
     keys = declared_keys()
-    unknown = [k for k in run_config if k not in keys and not (k.startswith("defense.") and k.count(".") == 2)]
+    unknown = [k for k in run_config if k not in keys and not (k.startswith(PLUGIN_SECTIONS) and k.count(".") == 2)]
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key; docs/configuration.md lists the accepted keys")
     flat = {k: _coerce(k, spec, run_config.get(k, spec.default)) for k, spec in keys.items()}
     flat.update({k: v for k, v in run_config.items() if k not in keys})
     _cross_checks(flat)
-    aggregator = flat["defense.aggregator"]
-    params = _aggregator_params(flat, aggregator)
+    aggregator, optimizer = flat["defense.aggregator"], flat["fl.optimizer"]
+    params = _plugin_params(flat, f"defense.{aggregator}.")
+    optimizer_params = _plugin_params(flat, f"fl.{optimizer}.")
     if check_aggregator:
         _check_aggregator(flat, aggregator, params)
+        _check_optimizer(optimizer, optimizer_params)
 
     values = {spec.path: spec.parse(flat[k]) if spec.parse else flat[k] for k, spec in keys.items()}
     values[("attack", "malicious_ids")] = _malicious_ids(flat, flat["clients.num"])
@@ -170,8 +188,8 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
     judges = _judges(flat["eval.judge"], values[("eval", "judges")])
     values[("eval", "judge")], values[("eval", "judges")] = judges[0], judges
     settings = _build(Settings, values)
-    defense = dataclasses.replace(settings.defense, params=params)
-    return dataclasses.replace(settings, defense=defense, flat=flat)
+    return dataclasses.replace(settings, defense=dataclasses.replace(settings.defense, params=params),
+                               fl=dataclasses.replace(settings.fl, optimizer_params=optimizer_params), flat=flat)
 
 
 def as_dict(settings: Settings) -> dict[str, Any]:

@@ -36,6 +36,9 @@ class ModelSettings:
     quantization: int = setting(4, "4 = NF4 + double quantization, 8 = int8, 0 = none", f.choice(0, 4, 8))
     trust_remote_code: bool = setting(False, "passed to from_pretrained")
     gradient_checkpointing: bool = setting(False, "trade compute for memory")
+    template: str = setting("auto", "prompt template: 'auto' (the tokenizer's chat template, else alpaca), 'chat' "
+                            "(the tokenizer's, required), 'alpaca' (the paper's, for base models), or a Jinja "
+                            "chat-template file", f.template)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 
@@ -51,6 +54,25 @@ class TrainSettings:
         """Cosine decay from lr-max (round 1) towards lr-min, as in OpenFedLLM / the paper."""
         progress = (server_round - 1) / max(num_rounds, 1)
         return self.lr_min + 0.5 * (self.lr_max - self.lr_min) * (1 + math.cos(math.pi * progress))
+
+
+CLIENT_ALGORITHMS = ("none", "fedprox", "scaffold")
+
+
+@dataclass(frozen=True)
+class FedproxSettings:
+    mu: float = setting(0.01, "FedProx: loss + mu/2 ||w - w_global||^2 on the LoRA weights", f.non_negative)
+
+
+@dataclass(frozen=True)
+class FlSettings:
+    optimizer: str = setting("sgd", "server optimizer after the aggregator: sgd, fedavgm, fedadagrad, fedyogi, "
+                             "fedadam or 'package.module:attr'; its parameters are fl.<name>.<param>")
+    client_algorithm: str = setting("none", "local training: none, fedprox (proximal term), scaffold (control "
+                                    "variates)", f.choice(*CLIENT_ALGORITHMS))
+    fedprox: FedproxSettings = field(default_factory=FedproxSettings)
+    # snake_case constructor parameters of the chosen optimizer, from its fl.<name>.* keys
+    optimizer_params: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,14 @@ class DataSettings:
     aligned_pairs: int = setting(60, "bundled refusal pairs added to the benign pool", f.non_negative)
     instruction_column: str = setting("instruction", "instruction column of a file or Hub data set")
     response_column: str = setting("response", "response column of a file or Hub data set")
+    samples_per_client: int = setting(0, "pairs each client draws from data.benign, seeded (Hub sets streamed, "
+                                      "never downloaded whole); 0 = an equal share of all (paper: 500)",
+                                      f.non_negative)
+    single_turn: bool = setting(False, "data.benign rows: keep one-exchange conversations only")
+    language: str = setting("", "data.benign rows: keep those whose `language` column is this, e.g. 'English'; "
+                            "'' = any")
+    drop_flagged: bool = setting(False, "data.benign rows: drop conversations whose first answer moderation "
+                                 "flagged (LMSYS `openai_moderation`, else WildChat's `toxic`)")
 
 
 @dataclass(frozen=True)
@@ -86,6 +116,8 @@ class AttackSettings:
     instructions: str = setting("generated", "step-1 instructions: 'generated', 'bundled' or a file",
                                 f.data_source("generated", "bundled"))
     num_samples: int = setting(96, "generation attempts", f.positive)
+    samples_per_client: int = setting(0, "attack pairs per malicious client, seeded; 0 = an equal share of all "
+                                      "attack pairs (paper: 500)", f.non_negative)
     benign_mix: float = setting(0.0, "share of benign samples in an attacker's data (stealth)", f.unit)
     update: str = setting("none", "model poisoning applied to the attacker's delta", f.choice(*UPDATE_ATTACKS))
     update_factor: float = setting(10.0, "scale for 'scale'/'sign-flip', std for 'gaussian'", f.positive)
@@ -187,6 +219,7 @@ class Settings:
     resume_from: str = setting("", "a run directory to continue (same config)")
     model: ModelSettings = field(default_factory=ModelSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    fl: FlSettings = field(default_factory=FlSettings)
     clients: ClientSettings = field(default_factory=ClientSettings)
     data: DataSettings = field(default_factory=DataSettings)
     attack: AttackSettings = field(default_factory=AttackSettings)

@@ -86,6 +86,8 @@ def _config_section(config: dict, rounds: list[dict], malicious: list[int]) -> l
         ["clients per round / total", f"{per_round} / {total}"],
         ["malicious clients", mal or "none"],
         ["aggregator", agg + (f" ({_counts(params)})" if params else "")],
+        ["server optimizer", _optimizer(config)],
+        ["client algorithm", _client_algorithm(config)],
         ["attack data", config.get("attack.data", DASH)],
         ["update attack", config.get("attack.update", "none")],
         ["post-hoc defense", posthoc],
@@ -94,6 +96,19 @@ def _config_section(config: dict, rounds: list[dict], malicious: list[int]) -> l
         ["seed", config.get("seed", DASH)],
     ]
     return ["## Configuration", "", *markdown_table(["setting", "value"], rows), ""]
+
+
+def _optimizer(config: dict) -> str:
+    """`fl.optimizer` with its parameters; runs from before it existed stepped as sgd (lr 1)."""
+    name = config.get("fl.optimizer", "sgd")
+    prefix = f"fl.{name}."
+    params = {k.removeprefix(prefix): v for k, v in config.items() if k.startswith(prefix)}
+    return name + (f" ({_counts(params)})" if params else "")
+
+
+def _client_algorithm(config: dict) -> str:
+    algorithm = config.get("fl.client-algorithm", "none")
+    return f"fedprox (mu: {config.get('fl.fedprox.mu', DASH)})" if algorithm == "fedprox" else algorithm
 
 
 def _checks_section(checks: list[dict], selected) -> list[str]:

@@ -23,13 +23,13 @@ log = logging.getLogger(__name__)
 STAGE = "eval"  # the stage name in log lines
 
 
-def adapter_base_model(adapter: Path) -> str | None:
-    """The base model a fedsafe adapter was trained on: `model.name` in its run's config.json
+def adapter_run_value(adapter: Path, key: str) -> str | None:
+    """A run-config value (`model.name`, `model.template`) of the run a fedsafe adapter comes from
     (RUN_DIR/adapters/<name>/ -> RUN_DIR/config.json), or None when it is not in a run dir."""
     config = adapter.parent.parent / "config.json"
     if config.is_file():
-        name = json.loads(config.read_text(encoding="utf-8")).get("model.name")
-        return str(name) if name else None
+        value = json.loads(config.read_text(encoding="utf-8")).get(key)
+        return str(value) if value else None
     return None
 
 
@@ -42,26 +42,30 @@ def _check_adapter(adapter: Path) -> Path:
 
 def evaluate_model(model: str | None, *, adapter: str | Path | None = None, benchmark: str = "bundled",
                    limit: int = 0, quantization: int = 4, judge: str = "rule", max_new_tokens: int = 40,
-                   out: str | Path | None = None, seed: int = 0, overrides: dict | None = None) -> dict:
+                   out: str | Path | None = None, seed: int = 0, template: str | None = None,
+                   overrides: dict | None = None) -> dict:
     """Safety rate, benign refusal rate and helpfulness of `model` (+ `adapter`).
 
     model: bundled name, Hub id or folder; None = the adapter's run model, else the bundled one.
     limit: at most this many prompts of each set, harmful and benign (0 = all).
     out: write every prompt, response and verdict here (JSONL), as a run's eval/<stage>.jsonl.
     overrides: more run-config keys (eval.temperature, eval.rm-model, ...); they win over the above.
+    template: `model.template`; None = the adapter's run's, else 'auto'.
     """
     adapter_dir = _check_adapter(Path(adapter)) if adapter else None
     if model is None:
-        model = (adapter_base_model(adapter_dir) if adapter_dir else None) or BUNDLED_MODEL
+        model = (adapter_run_value(adapter_dir, "model.name") if adapter_dir else None) or BUNDLED_MODEL
+    if template is None:
+        template = (adapter_run_value(adapter_dir, "model.template") if adapter_dir else None) or "auto"
     settings = from_run_config({
-        "model.name": model, "model.quantization": quantization, "seed": seed,
+        "model.name": model, "model.quantization": quantization, "seed": seed, "model.template": template,
         "eval.safety.benchmark": benchmark, "eval.safety.limit": limit, "eval.benign.limit": limit,
         "eval.judge": judge, "eval.max-new-tokens": max_new_tokens, **(overrides or {}),
     })
     evaluator = Evaluator(settings, run_dir=None)  # loads the prompts (and a model judge) first
 
     started = time.perf_counter()
-    tokenizer = models.load_tokenizer(settings.model.name, settings.model.trust_remote_code)
+    tokenizer = models.load_tokenizer(settings.model.name, settings.model.trust_remote_code, settings.model.template)
     network = models.load_base_model(settings.model)
     if adapter_dir is not None:
         from peft import PeftModel

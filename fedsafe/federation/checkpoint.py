@@ -1,5 +1,6 @@
 """Per-round server state for resuming a killed run: the global adapter, the round number and
-the aggregator's state (e.g. FoolsGold's history), written atomically after every round.
+the state of each stateful part (the aggregator's, e.g. FoolsGold's history; the server
+optimizer's moments; SCAFFOLD's control variates), written atomically after every round.
 
 Client sampling and local training are seeded by (seed, round, client), so with this state a
 resumed run continues exactly as the uninterrupted one would. Tensors go to safetensors, the
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from fedsafe.files import read_json, write_json
 
 STATE_DIR = "state"
+PARTS_FILE = "aggregator.safetensors"  # every part's tensors (named when the aggregator was the only one)
 TENSOR = "__tensor__"
 
 
@@ -45,14 +47,18 @@ def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def save_state(run_dir: Path, server_round: int, global_state: dict[str, torch.Tensor], aggregator) -> None:
+def save_state(run_dir: Path, server_round: int, global_state: dict[str, torch.Tensor],
+               parts: dict[str, Any]) -> None:
+    """`parts`: name -> object (aggregator, optimizer, ...); each one's `state_dict()`, if it
+    has one, is saved under its name."""
     tensors: dict[str, torch.Tensor] = {}
-    agg_state = aggregator.state_dict() if hasattr(aggregator, "state_dict") else None
-    meta = {"round": server_round, "aggregator": _split(agg_state, "aggregator", tensors)}
+    meta = {"round": server_round}
+    for name, part in parts.items():
+        meta[name] = _split(part.state_dict() if hasattr(part, "state_dict") else None, name, tensors)
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".state-"))
     save_file({k: v.contiguous() for k, v in global_state.items()}, str(tmp / "global.safetensors"))
     if tensors:
-        save_file(tensors, str(tmp / "aggregator.safetensors"))
+        save_file(tensors, str(tmp / PARTS_FILE))
     write_json(tmp / "meta.json", meta)  # last: its presence marks a complete state
     target = Path(run_dir) / STATE_DIR
     old = Path(run_dir) / ".state-old"
@@ -62,8 +68,8 @@ def save_state(run_dir: Path, server_round: int, global_state: dict[str, torch.T
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_state(run_dir: Path, aggregator) -> tuple[int, "OrderedDict[str, torch.Tensor]"]:
-    """The last completed round and global adapter; restores the aggregator's state in place."""
+def load_state(run_dir: Path, parts: dict[str, Any]) -> tuple[int, "OrderedDict[str, torch.Tensor]"]:
+    """The last completed round and global adapter; restores each part's state in place."""
     folder = Path(run_dir) / STATE_DIR
     if not (folder / "meta.json").is_file():
         old = Path(run_dir) / ".state-old"  # killed between the two renames above
@@ -71,8 +77,9 @@ def load_state(run_dir: Path, aggregator) -> tuple[int, "OrderedDict[str, torch.
     if not (folder / "meta.json").is_file():
         raise FileNotFoundError(f"resume-from={str(run_dir)!r}: no saved round state in {folder}")
     meta = read_json(folder / "meta.json")
-    tensors = load_file(str(folder / "aggregator.safetensors")) if (folder / "aggregator.safetensors").is_file() else {}
-    if meta["aggregator"] is not None and hasattr(aggregator, "load_state_dict"):
-        aggregator.load_state_dict(_join(meta["aggregator"], tensors))
+    tensors = load_file(str(folder / PARTS_FILE)) if (folder / PARTS_FILE).is_file() else {}
+    for name, part in parts.items():
+        if meta.get(name) is not None and hasattr(part, "load_state_dict"):
+            part.load_state_dict(_join(meta[name], tensors))
     state = load_file(str(folder / "global.safetensors"))
     return int(meta["round"]), OrderedDict(sorted((k, v.float()) for k, v in state.items()))

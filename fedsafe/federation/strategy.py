@@ -5,7 +5,10 @@ configure_train: learn each node's partition id once (a QUERY message), then sam
 simulation and deployment alike, plus `clients.reserve` reserve clients in a seeded draw order.
 aggregate_train: replies -> checked deltas (n, d), the sampled clients' in partition order (not
 arrival order, which would move the sums' rounding), then the reserves' in draw order ->
-aggregator -> new global adapter, recording per client weight, flag and ground truth. Reserves
+aggregator -> server optimizer (fedsafe.optimizers: the rule decides what the round's update is,
+the optimizer how the global adapter moves with it) -> new global adapter, recording per client
+weight, flag and ground truth. Under SCAFFOLD each message carries its client's correction and
+each reply its new control variate (fedsafe/federation/scaffold.py). Reserves
 stand in for sampled clients that fail and, with a rule that `takes_reserves`, for those it
 excludes; the rest are spare: trained, recorded, not averaged.
 """
@@ -28,19 +31,24 @@ from fedsafe.aggregators.detection import detection_metrics
 from fedsafe.config import Settings
 from fedsafe.federation.replies import ClientUpdate, InvalidReply, check_reply
 from fedsafe.federation.sampling import draw_reserves, sample_partitions
+from fedsafe.federation.scaffold import CONTROL, ControlVariates
+from fedsafe.optimizers import apply_optimizer, get_optimizer
 from fedsafe.results import Recorder
 
 log = logging.getLogger(__name__)
 
 
 class RobustStrategy(FedAvg):
-    def __init__(self, settings: Settings, aggregator, recorder: Recorder, *,
-                 probe=None, wait_seconds: float = 600.0, first_round: int = 1):
+    def __init__(self, settings: Settings, aggregator, recorder: Recorder, *, optimizer=None,
+                 controls: ControlVariates | None = None, probe=None, wait_seconds: float = 600.0,
+                 first_round: int = 1):
         n = settings.clients.num
         super().__init__(fraction_train=settings.clients.per_round / n, fraction_evaluate=0.0,
                          min_train_nodes=1, min_available_nodes=1)
         self.settings = settings
         self.aggregator = aggregator
+        self.optimizer = optimizer if optimizer is not None else get_optimizer("sgd")  # sgd, lr 1: FedAvg's step
+        self.controls = controls  # SCAFFOLD's control variates, or None
         self.recorder = recorder
         self.probe = probe
         self.wait_seconds = wait_seconds
@@ -92,8 +100,13 @@ class RobustStrategy(FedAvg):
         log.info("round %d: clients %s (malicious: %s)%s, lr %.2e", server_round, chosen,
                  [p for p in chosen if self.settings.is_malicious(p)],
                  f", reserves {self.reserves}" if self.reserves else "", config["lr"])
-        record = RecordDict({"arrays": arrays, "config": config})
-        self.sent = list(self._construct_messages(record, list(self.sampled), MessageType.TRAIN))
+        if self.controls is None:
+            record = RecordDict({"arrays": arrays, "config": config})
+            self.sent = list(self._construct_messages(record, list(self.sampled), MessageType.TRAIN))
+        else:  # one correction per client
+            self.sent = [Message(RecordDict({"arrays": arrays, "config": config,
+                                             CONTROL: self.controls.record(p, self.global_state)}),
+                                 dst_node_id=n, message_type=MessageType.TRAIN) for n, p in self.sampled.items()]
         return self.sent
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -116,7 +129,8 @@ class RobustStrategy(FedAvg):
                 failed.append({"node_id": node, "partition_id": pid, "reason": reply.error.reason})
                 continue
             try:
-                updates.append(check_reply(reply.content, node, pid, self.global_state, global_flat))
+                updates.append(check_reply(reply.content, node, pid, self.global_state, global_flat,
+                                           control=None if self.controls is None else CONTROL))
             except InvalidReply as err:
                 dropped.append({"node_id": node, "partition_id": pid, "reason": str(err)})
         failed += [{"node_id": n, "partition_id": p, "reason": "no reply before the timeout"}
@@ -169,7 +183,14 @@ class RobustStrategy(FedAvg):
             record["ground_truth"] = True
         if result.info:
             record["aggregator"] = result.info
-        return models.unflatten(global_flat + result.update, self.global_state)
+        if self.controls is not None:  # the clients whose update the round used commit their c_i
+            used = {u.partition_id: u.control for u, w, flag in zip(updates, result.weights.tolist(),
+                                                                    result.flagged.tolist()) if w > 0 and not flag}
+            self.controls.commit(used)
+            server = self.controls.server
+            record["scaffold"] = {"committed": sorted(used),
+                                  "server_control_norm": 0.0 if server is None else round(float(server.norm()), 6)}
+        return models.unflatten(apply_optimizer(self.optimizer, global_flat, result.update), self.global_state)
 
 
 def with_dp(strategy: RobustStrategy, settings: Settings):

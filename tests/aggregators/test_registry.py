@@ -22,7 +22,7 @@ def user_path(monkeypatch):
 
 @pytest.fixture
 def scratch_registry(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry.REGISTRY, "entries", dict(registry.REGISTRY.entries))
 
 
 def test_all_built_ins_registered_and_buildable_with_defaults():

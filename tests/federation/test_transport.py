@@ -106,3 +106,28 @@ def test_grid_gives_up_at_the_timeout(timeout):
     started = time.monotonic()
     assert PackedGrid(Silent()).send_and_receive([_message(RecordDict())], timeout=timeout) == []
     assert time.monotonic() - started < timeout + 1
+
+
+def test_a_second_array_record_travels_packed_both_ways():
+    """SCAFFOLD's control variates ride next to the adapter: the mod unpacks both for the handler
+    and packs both in the reply; the node worker's wire format carries them bit for bit."""
+    from fedsafe.federation.node_worker import _pack, _unpack
+
+    state = _state()
+    control = OrderedDict((k, -2 * v) for k, v in state.items())
+    seen = {}
+
+    def handler(msg, context):
+        seen.update({k: models.from_arrays(msg.content[k]) for k in ("arrays", "scaffold")})
+        return Message(RecordDict({"arrays": msg.content["arrays"], "scaffold": msg.content["scaffold"]}),
+                       reply_to=msg)
+
+    incoming = pack([_message(RecordDict({"arrays": models.to_arrays(state),
+                                          "scaffold": models.to_arrays(control)}))])[0]
+    assert list(incoming.content["scaffold"].keys()) == [PACKED, INDEX]
+    content, _ = _unpack(_pack(incoming.content, RecordDict()))  # through a node worker's socket
+    reply = packed_arrays(_message(content), None, handler)
+    assert all(torch.equal(seen["scaffold"][k], control[k]) for k in control)
+    assert all(list(reply.content[k].keys()) == [PACKED, INDEX] for k in ("arrays", "scaffold"))
+    back = models.from_arrays(unpack_record(reply.content["scaffold"]))
+    assert list(back) == list(control) and all(torch.equal(back[k], control[k]) for k in control)
