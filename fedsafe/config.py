@@ -18,6 +18,7 @@ BUNDLED_MODEL = "smollm2-135m-instruct"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv")
 LEVELS = ("L1", "L2", "L3")
+ATTACK_PROMPTS = ("fedsafe", "paper")  # fedsafe/attacks/prompts.py
 # Post-hoc learning rate per level when posthoc.lr = 0, for 10 steps of balanced batches.
 # SmolLM2-135M, L1, 3 seeds: 5e-4 made the model refuse 25-40 % of held-out benign prompts
 # (3-5 % before), 2e-4 10-18 %. Model-written defense data (L2/L3) is low-entropy text (mean
@@ -155,6 +156,8 @@ KEYS: dict[str, Key] = {
     "attack.data": Key(str, "generated", _data_source("generated")),
     "attack.generator": Key(str, "base", _model_source, "'base' = the experiment's model"),
     "attack.instructions": Key(str, "generated", _data_source("generated", "bundled")),
+    "attack.prompts": Key(str, "fedsafe", _choice(*ATTACK_PROMPTS), "generation prompts: 'fedsafe' (one instruction "
+                          "per request) or 'paper' (numbered lists of 10, split; an 'answer directly' suffix)"),
     "attack.num-samples": Key(int, 96, _positive, "generation attempts"),
     "attack.benign-mix": Key(float, 0.0, _unit, "share of benign samples for stealth"),
     "attack.update": Key(str, "none", _choice(*UPDATE_ATTACKS), "model poisoning on the delta"),
@@ -250,6 +253,7 @@ class AttackSettings:
     data: str
     generator: str
     instructions: str
+    prompts: str
     num_samples: int
     benign_mix: float
     update: str
