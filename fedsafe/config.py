@@ -18,13 +18,15 @@ from typing import Any, Callable
 BUNDLED_MODEL = "smollm2-135m-instruct"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv")
-LEVELS = ("L1", "L2", "L3")
+LEVELS = ("curated", "L1", "L2", "L3")  # fedsafe's curated set, then the paper's three levels
+ATTACK_PROMPTS = ("fedsafe", "paper")  # fedsafe/attacks/prompts.py
 # Post-hoc learning rate per level when posthoc.lr = 0, for 10 steps of balanced batches.
-# SmolLM2-135M, L1, 3 seeds: 5e-4 made the model refuse 25-40 % of held-out benign prompts
-# (3-5 % before), 2e-4 10-18 %. Model-written defense data (L2/L3) is low-entropy text (mean
-# training loss 0.8 against 2.7 for L1), so it takes a lower rate: 1e-4 (L3, seed 0: 5 % refused;
-# 2e-4: 27 %). L2 shares L3's rate by the same reasoning, unmeasured here.
-POSTHOC_LR = {"L1": 2e-4, "L2": 1e-4, "L3": 1e-4}
+# SmolLM2-135M, curated (then called L1), 3 seeds: 5e-4 made the model refuse 25-40 % of held-out
+# benign prompts (3-5 % before), 2e-4 10-18 %. Model-written defense data (L2/L3) is low-entropy
+# text (mean training loss 0.8 against 2.7 for curated), so it takes a lower rate: 1e-4 (L3, seed
+# 0: 5 % refused; 2e-4: 27 %). L2 shares L3's rate and L1 (public chat text) curated's, by the same
+# reasoning, unmeasured here.
+POSTHOC_LR = {"curated": 2e-4, "L1": 2e-4, "L2": 1e-4, "L3": 1e-4}
 UPDATE_ATTACKS = ("none", "scale", "sign-flip", "gaussian", "stealthy-norm", "probe-aware", "probe-aware-cover")
 BENCHMARKS = ("bundled", "advbench", "harmbench", "jbb")
 JUDGE_RULES = ("rule", "paper-rule")  # fedsafe's refusal phrases, the paper's (eval/paper_rule.py)
@@ -254,6 +256,8 @@ KEYS: dict[str, Key] = {
     "attack.data": Key(str, "generated", _data_source("generated")),
     "attack.generator": Key(str, "base", _model_source, "'base' = the experiment's model"),
     "attack.instructions": Key(str, "generated", _data_source("generated", "bundled")),
+    "attack.prompts": Key(str, "fedsafe", _choice(*ATTACK_PROMPTS), "generation prompts: 'fedsafe' (one instruction "
+                          "per request) or 'paper' (numbered lists of 10, split; an 'answer directly' suffix)"),
     "attack.num-samples": Key(int, 96, _positive, "generation attempts"),
     "attack.samples-per-client": Key(int, 0, _non_negative, "attack pairs per malicious client, seeded; 0 = an "
                                      "equal share of all attack pairs (paper: 500)"),
@@ -266,12 +270,17 @@ KEYS: dict[str, Key] = {
     "defense.dp.noise-multiplier": Key(float, 0.0, _non_negative, "0 = no DP"),
     "defense.dp.clipping-norm": Key(float, 1.0, _positive),
     "posthoc.enabled": Key(bool, True),
-    "posthoc.level": Key(str, "L1", _choice(*LEVELS)),
-    "posthoc.generator": Key(str, "base", _model_source, "aligned model for L2"),
+    "posthoc.level": Key(str, "curated", _choice(*LEVELS), "defense data: 'curated' (bundled refusals + "
+                         "form-matched helpful pairs), L1 (public chat sample), L2 (aligned model), L3 (global model)"),
+    "posthoc.generator": Key(str, "base", _model_source, "L2's aligned model: Hub id or folder; 'base' = the "
+                             "base model, adapter off"),
+    "posthoc.l1-source": Key(str, "", _data_source("", "bundled"), "L1's chat data: empty = the benign clients' "
+                             "pool (data.benign + aligned pairs); 'bundled', a file or Hub id"),
     "posthoc.steps": Key(int, 10, _positive),
-    "posthoc.lr": Key(float, 0.0, _non_negative, "0 = by level: L1 2e-4, L2/L3 1e-4"),
+    "posthoc.lr": Key(float, 0.0, _non_negative, "0 = by level: curated/L1 2e-4, L2/L3 1e-4"),
     "posthoc.batch-size": Key(int, 4, _positive),
-    "posthoc.num-samples": Key(int, 40, _positive, "aligned pairs; as many helpful pairs"),
+    "posthoc.num-samples": Key(int, 40, _positive, "curated/L2/L3: aligned pairs (L2/L3: harmful instructions "
+                               "asked for), as many helpful; L1: pairs sampled"),
     "posthoc.borderline-share": Key(float, 0.0, _unit, "share of the helpful half drawn from borderline "
                                     "benign pairs (edgy-sounding requests)"),
     "posthoc.select-every": Key(int, 0, _non_negative, "check the probe prompts every N steps and keep the "
@@ -378,6 +387,7 @@ class AttackSettings:
     data: str
     generator: str
     instructions: str
+    prompts: str
     num_samples: int
     samples_per_client: int
     benign_mix: float
@@ -399,6 +409,7 @@ class PosthocSettings:
     enabled: bool
     level: str
     generator: str
+    l1_source: str
     steps: int
     lr: float
     batch_size: int

@@ -8,7 +8,7 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedsafe import models
-from fedsafe.attacks.poison_data import attack_summary
+from fedsafe.attacks.poison_data import server_attack_summary
 from fedsafe.config import from_run_config
 from fedsafe.aggregators import get_aggregator
 from fedsafe.federation.scaffold import control_variates
@@ -36,7 +36,7 @@ def main(grid: Grid, context: Context) -> None:
     server = Server(settings, run_dir, aggregator, optimizer, controls)
     first_round, global_state = server.resume_point()
     if "attack_data" not in server.recorder.data:
-        server.recorder.set("attack_data", attack_summary(settings))
+        server.recorder.set("attack_data", server_attack_summary(settings))
     if settings.eval.initial and "initial" not in server.recorder.data["eval"]:
         server.evaluate("initial", server.initial_state)
 
@@ -60,6 +60,7 @@ def main(grid: Grid, context: Context) -> None:
         if server.behaviour_probe is not None:
             server.recorder.add_timing("behaviour_probe", server.behaviour_probe.seconds)
         global_state = models.from_arrays(result.arrays) if result.arrays is not None else global_state
+        server.recorder.set("attack_data", server_attack_summary(settings))  # with the manifest clients wrote
     server.evaluate("after_fl", global_state)
     if settings.posthoc.enabled:
         server.evaluate("after_posthoc", server.posthoc(global_state))

@@ -34,6 +34,8 @@ def branch_settings(source: Path, overrides: dict) -> tuple[Settings, dict]:
             raise ConfigError(f"{key}: a branch may change only posthoc.*, eval.* and output-dir "
                               "(anything else changes the federated training: start a new run)")
     saved = read_json(source / "config.json")
+    if "posthoc.l1-source" not in saved and saved.get("posthoc.level") == "L1":
+        saved["posthoc.level"] = "curated"  # a run from before the paper's levels: its "L1" is today's curated
     flat = {**saved, "resume-from": "", "output-dir": str(source / "branches"), "posthoc.enabled": True,
             **overrides}
     settings = from_run_config(flat)
