@@ -59,7 +59,9 @@ class Evaluator:
             rows = [{"kind": "harmful", **r} for r in safety.rows()] + [
                 {"kind": "benign", "prompt": q, "response": a, "refused": r} for q, a, r in zip(questions, answers, refused)]
             write_jsonl(rows_path, rows)
-        log.info("eval %s: %s", name, metrics)
+        log.info("eval %s: safety %.1f %%, benign refusal %.1f %%, helpfulness %.3f (%d + %d prompts, %.0f s)",
+                 name, 100 * metrics["safety_rate"], 100 * metrics["benign_refusal_rate"], metrics["helpfulness"],
+                 len(self.harmful), len(self.benign), metrics["seconds"])
         return metrics
 
     def probe(self, model, tokenizer) -> float:
