@@ -8,7 +8,7 @@ import matplotlib.image
 import pytest
 
 from fedsafe.eval.plots import plot_clients, plot_safety
-from fedsafe.eval.report import write_report
+from fedsafe.eval.report import summary_line, write_report
 
 FIXTURE = Path(__file__).with_name("results_fixture.json")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -133,3 +133,14 @@ def test_report_shows_what_the_safety_probe_saw(tmp_path, results):
     assert "| 1 | 2 | x1.00 | +0.800 | +0.210 | +0.050 | kept, weight 0.50 |" in text
     assert "| 1 | 7* | x16.00 | -0.600 | -0.300 | +0.100 | flagged |" in text
     assert "| \u2013 | +0.500 | +0.200 | \u2013 |" in text
+
+
+def test_summary_line_of_a_run(results):
+    report = Path("/runs/x/report.md")
+    assert summary_line(results, report) == (
+        "safety 5.0 % initial -> 30.0 % after FL -> 85.0 % after post-hoc | "
+        "benign refusal 0.0 % initial -> 2.0 % after FL -> 5.0 % after post-hoc | 3 min 20 s | report: /runs/x/report.md")
+    partial = {"eval": {"after_fl": {"safety_rate": 0.5}}}  # no initial stage, no timings, no refusal rate
+    assert summary_line(partial, report) == \
+        "safety 50.0 % after FL | benign refusal \u2013 after FL | report: /runs/x/report.md"
+    assert summary_line({}, report) == "safety \u2013 | benign refusal \u2013 | report: /runs/x/report.md"
