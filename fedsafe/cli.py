@@ -218,17 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("run", help="flwr run --stream, stopped with this command (Ctrl-C, kill), a local "
-                       "SuperLink it started stopped after; a quiet console, the full output in --log")
+                       "SuperLink it started stopped after; a quiet console, the full output in --log",
+                       usage="fedsafe run [--log FILE] [APP] [SUPERLINK] [flwr run options, e.g. --run-config ...]",
+                       allow_abbrev=False)
     p.add_argument("--log", help="write flwr run's whole output here")
-    p.add_argument("flwr_args", nargs=argparse.REMAINDER, help="arguments of flwr run: [APP] [SUPERLINK] "
-                   "[--run-config ...] (default: the app in this folder)")
     p.set_defaults(fn=cmd_run)
 
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv  # accepted anywhere on the line
     argv = [a for a in argv if a != "--debug"]
     try:
-        args = parser.parse_args(argv)
+        args, rest = parser.parse_known_args(argv)  # `fedsafe run` passes the rest on to flwr run
+        if rest and args.command != "run":
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.flwr_args = rest
         return args.fn(args)
     except Interrupted as stop:
         print(f"fedsafe: stopped by {stop}", file=sys.stderr)

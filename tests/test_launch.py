@@ -178,3 +178,15 @@ def test_environment_errors_say_how_to_fix(tmp_path):
     with pytest.raises(SetupError, match="'gone' is not declared"):
         federation({"FLWR_HOME": str(tmp_path)})
     assert federation({"FLWR_HOME": str(tmp_path)}, "local")["address"] == ":local:"
+
+
+def test_flwr_run_arguments_pass_through(monkeypatch):
+    from fedsafe import cli, run_command
+
+    seen = {}
+    monkeypatch.setattr(run_command, "run_command", lambda args, log=None: seen.update(args=args, log=log) or 0)
+    assert cli.main(["run", "--log", "x.log", ".", "local", "--run-config", "seed=1", "--stream"]) == 0
+    assert seen == {"args": [".", "local", "--run-config", "seed=1", "--stream"], "log": Path("x.log")}
+    assert cli.main(["run", "-c", "seed=1"]) == 0 and seen["args"] == ["-c", "seed=1"]
+    assert run_command.split_flwr_args([".", "local", "-c", "a=1 b='x y'", "--federation", "@a/b",
+                                        "--run-config=c=2", "--stream"]) == ([".", "local"], ["a=1 b='x y'", "c=2"])
