@@ -54,18 +54,18 @@ class Console:
         progress = PROGRESS_LINE.search(text)
         if self.live and progress:
             self.status, self.label = progress.group(1), progress.group(2)
-            logs.show_status(self.status, self.stream)
+            logs.draw_status(self.stream, self.status)
             return
         if self.status:
-            self.stream.write("\r\033[K")
+            logs.draw_status(self.stream, None)
             if f"{self.label}: " in text:
                 self.status = None
         self.stream.write(text + "\n")
         if self.status:
-            logs.show_status(self.status, self.stream)
+            logs.draw_status(self.stream, self.status)
         self.stream.flush()
 
     def close(self) -> None:
         if self.status:
-            logs.show_status(None, self.stream)
+            logs.draw_status(self.stream, None)
             self.status = None

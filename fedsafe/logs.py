@@ -54,12 +54,16 @@ def live_console(stream=None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)()) and os.environ.get("TERM", "") != "dumb"
 
 
-def show_status(text: str | None, stream=None) -> None:
-    """Draw (or with None, erase) the one live status line at the bottom of the terminal."""
-    stream = stream or sys.stderr
+def draw_status(stream, text: str | None) -> None:
+    """Draw `text` as the live status line at the bottom of a terminal (None erases it)."""
     width = shutil.get_terminal_size((100, 20)).columns - 1
     stream.write("\r\033[K" + (text[:width] if text else ""))
     stream.flush()
+
+
+def show_status(text: str | None) -> None:
+    """This process's status line on stderr (fedsafe/progress.py); None erases it."""
+    draw_status(sys.stderr, text)
     _status["text"] = text
 
 
@@ -78,11 +82,15 @@ class ConsoleHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         live = _status["text"]
-        if live:
-            self.stream.write("\r\033[K")
-        super().emit(record)
-        if live:
-            show_status(live, self.stream)
+        if not live:
+            super().emit(record)
+            return
+        try:
+            draw_status(self.stream, None)
+            super().emit(record)
+            draw_status(self.stream, live)
+        except Exception:  # as StreamHandler does: a broken stream never breaks the run
+            self.handleError(record)
 
 
 def console_logging(level: int = logging.INFO) -> None:

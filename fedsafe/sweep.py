@@ -10,6 +10,8 @@ would compute after the same rounds. The base model is evaluated once, in the cl
 (`eval.initial` is off elsewhere). `flwr run` exits 0 even when the run fails, so a cell is judged
 by its files (`check_run.problems`). Resumable: a cell that already holds a complete run made with
 the same config is skipped. Writes OUT/summary.md, OUT/summary.json and OUT/summary.png.
+Ctrl-C or a kill stops the running cell's run on the SuperLink (fedsafe/launch.py), and a local
+SuperLink the sweep started is stopped when it ends (fedsafe/local_superlink.py).
 """
 
 from __future__ import annotations
