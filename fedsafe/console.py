@@ -14,26 +14,34 @@ from fedsafe import logs
 
 PROGRESS_LINE = re.compile(r"fedsafe progress: ((.*): \d+/\d+ .*)")
 WARNING_SOURCE = re.compile(r"^(\(\w+ pid=\d+\) )?\s+warnings\.warn\(")  # the code line Python prints under a warning
-# Lines of flwr's simulation process about the federation's size, which do not apply once the
-# connection sets options.num-supernodes (scripts/flower_env.sh does).
+# flwr's notes on the federation's size and on how it is configured, which do not apply once the
+# connection sets options.num-supernodes, as scripts/flower_env.sh does (flwr is pinned to 1.42.*;
+# a later flwr may need the config written another way).
 FEDERATION_SIZE_NOTES = (
+    re.compile(r"`options\.` fields in the SuperLink connection configuration are deprecated"),
     re.compile(r"Since flwr 1\.32, default simulated SuperNodes changed"),
     re.compile(r"To change federation size, use the following command"),
     re.compile(r"flwr federation simulation-config \S+ <superlink> --num-supernodes"),
 )
-# Ray's start-up banner and notes that repeat for every run.
+FLWR_INFO = r"^(?:\x1b\[[0-9;]*m)?INFO\s*(?:\x1b\[[0-9;]*m)?\s*:\s*"  # flwr's "INFO :      " (colours optional)
+# Flower's strategy prints its settings before round 1 and every record after the last round as
+# indented blocks (fedsafe prints its rounds, evaluations and one summary line instead), and warns
+# that federated evaluation is off, which fedsafe does on purpose (it evaluates on the server).
+STRATEGY_BLOCKS = (
+    re.compile(FLWR_INFO + r"(\t.*)?$"),  # the blocks' indented lines, and flwr's empty lines
+    re.compile(FLWR_INFO + r"(Starting \w+ strategy:|Final results:)$"),
+    re.compile(r"fraction_evaluate is set to 0\.0\. Federated evaluation will be skipped"),
+)
+# Ray's note on GPU visibility, repeated for every run (also silenced in-process, fedsafe/logs.py).
 RAY_NOTES = (
-    re.compile(r"Started a local Ray instance"),
-    re.compile(r"View the dashboard at"),
     re.compile(r"Tip: In future versions of Ray, Ray will no longer override accelerator"),
-    re.compile(r"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"),
 )
 
 
 def dropped_lines(connection: dict) -> tuple[re.Pattern, ...]:
     """The patterns to drop for this SuperLink connection."""
     sized = "num-supernodes" in connection.get("options", {})
-    return RAY_NOTES + (FEDERATION_SIZE_NOTES if sized else ())
+    return STRATEGY_BLOCKS + RAY_NOTES + (FEDERATION_SIZE_NOTES if sized else ())
 
 
 class Console:

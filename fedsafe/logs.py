@@ -19,6 +19,8 @@ KNOWN_WARNINGS = (
      "transformers 5 renamed the property that peft reads; peft's code, not ours"),
     (FutureWarning, r"Tip: In future versions of Ray, Ray will no longer override accelerator",
      "Ray's note on CUDA_VISIBLE_DEVICES when a client asks for no GPU (fedsafe wants the override)"),
+    (DeprecationWarning, r"`torch.jit.script_method` is deprecated",
+     "torch's own torch/utils/mkldnn.py, loaded with bitsandbytes; flwr's processes show DeprecationWarnings"),
 )
 QUIET_LOGGERS = {  # third-party loggers whose lines repeat in every process and say nothing actionable
     # "Failed to load CPU gemm_4bit_forward from kernels-community" on import: an optional kernel

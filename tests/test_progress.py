@@ -111,7 +111,13 @@ def test_known_warnings_are_silenced_and_others_are_not():
 
 
 STREAM = [
+    "\u26a0\ufe0f Warning: `options.` fields in the SuperLink connection configuration are deprecated. Use ...\n",
     "Successfully started run 42\n",
+    "\x1b[93mWARNING \x1b[0m:   fraction_evaluate is set to 0.0. Federated evaluation will be skipped.\n",
+    "\x1b[92mINFO \x1b[0m:      Starting RobustStrategy strategy:\n",
+    "\x1b[92mINFO \x1b[0m:      \t\u251c\u2500\u2500 Number of rounds: 2\n",
+    "\x1b[92mINFO \x1b[0m:      \n",
+    "\x1b[92mINFO \x1b[0m:      [ROUND 1/2]\n",
     "WARNING :   Since flwr 1.32, default simulated SuperNodes changed from 10 to 2.\n",
     "INFO :      Federation `@none/default` (3 simulated SuperNodes)\n",
     "INFO :      To change federation size, use the following command:\n",
@@ -135,6 +141,9 @@ def test_console_drops_known_notes_and_draws_progress_as_one_line():
     console.close()
     shown = term.getvalue()
     assert "SuperNodes changed" not in shown and "To change federation size" not in shown
+    assert "`options.` fields" not in shown
+    assert "strategy:" not in shown and "Number of rounds" not in shown and "fraction_evaluate" not in shown
+    assert "\x1b[92mINFO \x1b[0m:      [ROUND 1/2]\n" in shown and "INFO \x1b[0m:      \n" not in shown
     assert "Tip: In future versions of Ray" not in shown
     assert "Federation `@none/default` (3 simulated SuperNodes)" in shown
     assert shown.count("  warnings.warn(") == 1  # only the one under a line that was kept
