@@ -190,3 +190,17 @@ def test_flwr_run_arguments_pass_through(monkeypatch):
     assert cli.main(["run", "-c", "seed=1"]) == 0 and seen["args"] == ["-c", "seed=1"]
     assert run_command.split_flwr_args([".", "local", "-c", "a=1 b='x y'", "--federation", "@a/b",
                                         "--run-config=c=2", "--stream"]) == ([".", "local"], ["a=1 b='x y'", "c=2"])
+
+
+def test_fedsafe_run_checks_the_config_and_its_files_before_starting(fake, tmp_path, monkeypatch, capsys):
+    from fedsafe import cli, run_command
+
+    env, flwr, d = fake
+    real = run_command.run_command
+    monkeypatch.setattr(run_command, "run_command", lambda args, log=None: real(args, log, env, binary=str(flwr)))
+    bench = tmp_path / "bench.csv"
+    bench.write_text("text\nhello\n")
+    assert cli.main(["run", str(ROOT), "--run-config", f"eval.safety.benchmark='{bench}'"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedsafe: error: eval.safety.benchmark=") and "no prompt column" in err
+    assert not (d / "run.pid").exists()  # flwr run never started

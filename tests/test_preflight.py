@@ -94,3 +94,17 @@ def test_resume_from_needs_a_run_directory(tmp_path):
         check({"resume-from": str(tmp_path)})
     (tmp_path / "config.json").write_text("{}")
     check({"resume-from": str(tmp_path)})
+
+
+def test_the_server_app_checks_before_anything_loads(tmp_path, capsys):
+    from flwr.app import Context, RecordDict
+
+    from fedsafe.server_app import app as server_app
+
+    bench = tmp_path / "bench.csv"
+    bench.write_text("text\nhello\n")
+    config = {"eval.safety.benchmark": str(bench), "output-dir": str(tmp_path / "runs")}
+    with pytest.raises(ConfigError, match="no prompt column"):
+        server_app(None, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
+    assert capsys.readouterr().out.startswith("fedsafe: error: eval.safety.benchmark=")  # what check_run shows
+    assert not (tmp_path / "runs").exists()  # no run directory, no model
