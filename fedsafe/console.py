@@ -13,7 +13,6 @@ import sys
 from fedsafe import logs
 
 PROGRESS_LINE = re.compile(r"fedsafe progress: ((.*): \d+/\d+ .*)")
-WARNING_SOURCE = re.compile(r"^(\(\w+ pid=\d+\) )?\s+warnings\.warn\(")  # the code line Python prints under a warning
 # flwr's notes on the federation's size and on how it is configured, which do not apply once the
 # connection sets options.num-supernodes, as scripts/flower_env.sh does (flwr is pinned to 1.42.*;
 # a later flwr may need the config written another way).
@@ -32,16 +31,12 @@ STRATEGY_BLOCKS = (
     re.compile(FLWR_INFO + r"(Starting \w+ strategy:|Final results:)$"),
     re.compile(r"fraction_evaluate is set to 0\.0\. Federated evaluation will be skipped"),
 )
-# Ray's note on GPU visibility, repeated for every run (also silenced in-process, fedsafe/logs.py).
-RAY_NOTES = (
-    re.compile(r"Tip: In future versions of Ray, Ray will no longer override accelerator"),
-)
 
 
 def dropped_lines(connection: dict) -> tuple[re.Pattern, ...]:
     """The patterns to drop for this SuperLink connection."""
     sized = "num-supernodes" in connection.get("options", {})
-    return STRATEGY_BLOCKS + RAY_NOTES + (FEDERATION_SIZE_NOTES if sized else ())
+    return STRATEGY_BLOCKS + (FEDERATION_SIZE_NOTES if sized else ())
 
 
 class Console:
@@ -51,13 +46,10 @@ class Console:
         self.live = logs.live_console(self.stream) if live is None else live
         self.status: str | None = None
         self.label = ""  # the status line's label: its final line (no longer progress) ends it
-        self.skipped = False  # the last line was dropped (a dropped warning's source line follows it)
 
     def line(self, text: str) -> None:
         text = text.rstrip("\n")
-        follows = self.skipped and WARNING_SOURCE.search(text)
-        self.skipped = bool(follows) or any(p.search(text) for p in self.drop)
-        if self.skipped:
+        if any(p.search(text) for p in self.drop):
             return
         progress = PROGRESS_LINE.search(text)
         if self.live and progress:

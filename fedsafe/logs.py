@@ -17,8 +17,6 @@ import warnings
 KNOWN_WARNINGS = (
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated",
      "transformers 5 renamed the property that peft reads; peft's code, not ours"),
-    (FutureWarning, r"Tip: In future versions of Ray, Ray will no longer override accelerator",
-     "Ray's note on CUDA_VISIBLE_DEVICES when a client asks for no GPU (fedsafe wants the override)"),
     (DeprecationWarning, r"`torch.jit.script_method` is deprecated",
      "torch's own torch/utils/mkldnn.py, loaded with bitsandbytes; flwr's processes show DeprecationWarnings"),
 )

@@ -105,7 +105,7 @@ def test_known_warnings_are_silenced_and_others_are_not():
         warnings.simplefilter("always")
         logs.silence_known_warnings()
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
-        warnings.warn("Tip: In future versions of Ray, Ray will no longer override accelerator ...", FutureWarning)
+        warnings.warn("`torch.jit.script_method` is deprecated. Please switch to `torch.compile`", DeprecationWarning)
         warnings.warn("something fedsafe users must see", FutureWarning)
     assert [str(w.message) for w in caught] == ["something fedsafe users must see"]
 
@@ -113,7 +113,6 @@ def test_known_warnings_are_silenced_and_others_are_not():
 STREAM = [
     "\u26a0\ufe0f Warning: `options.` fields in the SuperLink connection configuration are deprecated. Use ...\n",
     "Successfully started run 42\n",
-    "\x1b[93mWARNING \x1b[0m:   fraction_evaluate is set to 0.0. Federated evaluation will be skipped.\n",
     "\x1b[92mINFO \x1b[0m:      Starting RobustStrategy strategy:\n",
     "\x1b[92mINFO \x1b[0m:      \t\u251c\u2500\u2500 Number of rounds: 2\n",
     "\x1b[92mINFO \x1b[0m:      \n",
@@ -122,14 +121,11 @@ STREAM = [
     "INFO :      Federation `@none/default` (3 simulated SuperNodes)\n",
     "INFO :      To change federation size, use the following command:\n",
     "INFO :      \tflwr federation simulation-config @none/default <superlink> --num-supernodes <N>\n",
-    "/ray/_private/worker.py:2051: FutureWarning: Tip: In future versions of Ray, Ray will no longer override "
-    "accelerator visible devices env var\n",
-    "  warnings.warn(\n",
+    "\x1b[93mWARNING \x1b[0m:   fraction_evaluate is set to 0.0. Federated evaluation will be skipped.\n",
     "fedsafe progress: after_fl harmful: 32/140 prompts, 3.2 prompts/s, 34 s left\n",
     "(ClientAppActor pid=7) fedsafe INFO: client 3 round 1: loss 2.1 in 14.0s\n",
     "fedsafe progress: after_fl harmful: 64/140 prompts, 3.2 prompts/s, 24 s left\n",
     "fedsafe INFO: after_fl harmful: 140/140 prompts, 3.2 prompts/s, 44 s\n",
-    "  warnings.warn(\n",
 ]
 
 
@@ -144,9 +140,7 @@ def test_console_drops_known_notes_and_draws_progress_as_one_line():
     assert "`options.` fields" not in shown
     assert "strategy:" not in shown and "Number of rounds" not in shown and "fraction_evaluate" not in shown
     assert "\x1b[92mINFO \x1b[0m:      [ROUND 1/2]\n" in shown and "INFO \x1b[0m:      \n" not in shown
-    assert "Tip: In future versions of Ray" not in shown
     assert "Federation `@none/default` (3 simulated SuperNodes)" in shown
-    assert shown.count("  warnings.warn(") == 1  # only the one under a line that was kept
     # the status line is redrawn under the client's line, and the final line replaces it
     assert ("\r\033[K(ClientAppActor pid=7) fedsafe INFO: client 3 round 1: loss 2.1 in 14.0s\n"
             "\r\033[Kafter_fl harmful: 32/140 prompts") in shown
