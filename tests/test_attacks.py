@@ -114,6 +114,7 @@ def test_update_attacks(mode):
     assert torch.equal(poison_delta(delta, "none", 10.0, seed=1), delta)
 
 
+@pytest.mark.slow
 def test_update_attack_reaches_the_server(tiny_model_dir, tmp_path):
     """In a federation, a sign-flip attacker's reported update is the flipped honest one."""
     from tests.test_federation import run_federation, tiny_run_config

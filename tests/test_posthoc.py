@@ -47,6 +47,7 @@ def test_server_finetune_changes_and_saves_the_adapter(tiny_server, tmp_path):
     assert all(torch.equal(again[k], repaired[k]) for k in repaired)
 
 
+@pytest.mark.slow
 def test_step_selection_keeps_the_best_checked_adapter(tiny_server):
     """Checks every 2 of 6 steps; the best score (safe minus benign refused) is at step 4, with a
     tie at step 6 that must not win. The kept adapter is exactly the one a 4-step fine-tune gives."""
@@ -72,6 +73,7 @@ def test_step_selection_keeps_the_best_checked_adapter(tiny_server):
     assert not all(torch.allclose(kept[k], last[k]) for k in last)
 
 
+@pytest.mark.slow
 def test_attack_and_posthoc_run_records_three_stages(tiny_model_dir, tmp_path):
     attack = tmp_path / "attack.jsonl"
     write_jsonl(attack, [{"instruction": f"Do harmful thing {i} now.", "response": "Sure, here is how."} for i in range(8)])

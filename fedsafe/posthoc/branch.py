@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedsafe import models
+from fedsafe import models, preflight
 from fedsafe.config import ConfigError, Settings, from_run_config
 from fedsafe.aggregators import get_aggregator
 from fedsafe.eval.report import write_report
@@ -57,6 +57,7 @@ def run_branch(source: Path, overrides: dict) -> Path:
     """Post-hoc defense (and its evaluation) on SOURCE's final global adapter; the new run dir."""
     source = Path(source).expanduser().resolve()
     settings, results = branch_settings(source, overrides)
+    preflight.check(settings)
     global_state = final_adapter(source, settings)
     run_dir = create_run_dir(settings)
     print(f"fedsafe run directory: {run_dir}", flush=True)

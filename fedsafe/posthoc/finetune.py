@@ -82,7 +82,7 @@ def posthoc_finetune(settings: Settings, server_model, tokenizer, global_state, 
     selection = StepSelection(server_model, check, every, steps) if check and every else None
     result = sft(server_model, aligned + helpful, steps=steps, batch_size=settings.posthoc.batch_size,
                  lr=settings.posthoc.lr, seed=settings.seed, pad_id=tokenizer.pad_token_id, after_step=selection,
-                 stream=stream)
+                 stream=stream, label="post-hoc fine-tune")
     if selection is None:
         return models.adapter_state(server_model), result, {}
     return selection.best_state, result, selection.record()
