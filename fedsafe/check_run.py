@@ -1,4 +1,5 @@
-"""Did a `flwr run` succeed? It exits 0 even when the ServerApp fails, so look at the files.
+"""Did a `flwr run` succeed? It exits 0 even when the ServerApp fails, so look at the files;
+print the run's one-line summary (fedsafe.eval.report.summary_line), or what is missing.
 
 Usage: python -m fedsafe.check_run LOG_OR_RUN_DIR
 """
@@ -9,9 +10,11 @@ import re
 import sys
 from pathlib import Path
 
+from fedsafe.eval.report import summary_line
 from fedsafe.files import read_json
 
 RUN_DIR_LINE = re.compile(r"fedsafe run directory: (\S+)")
+ERROR_LINE = re.compile(r"fedsafe: error: (.*)")
 
 
 def run_dir_from(path: Path) -> Path | None:
@@ -43,17 +46,18 @@ def problems(run_dir: Path) -> list[str]:
     return found
 
 
-def summary(run_dir: Path) -> str:
-    results = read_json(run_dir / "results.json")
-    lines = [f"run directory: {run_dir}"]
-    for stage, m in results.get("eval", {}).items():
-        lines.append(f"  {stage:14s} safety {m['safety_rate']:.0%}  benign refusal {m['benign_refusal_rate']:.0%}"
-                     f"  helpfulness {m['helpfulness']:.3f}")
-    if "detection" in results:
-        d = results["detection"]
-        lines.append(f"  detection      precision {d['precision']:.2f}  recall {d['recall']:.2f}")
-    lines.append(f"  wall time      {results.get('timings', {}).get('total', 0):.0f} s")
-    return "\n".join(lines)
+def verdict(text: str, where: str) -> tuple[int, str]:
+    """(exit code, one line or a FAILED list) for a run's output `text`; `where` names its log."""
+    found = RUN_DIR_LINE.findall(text)
+    if not found:
+        errors = ERROR_LINE.findall(text)
+        why = errors[-1].strip() if errors else "the ServerApp failed before starting"
+        return 1, f"FAILED: the run printed no run directory: {why} (see {where})"
+    run_dir = Path(found[-1])
+    missing = problems(run_dir)
+    if missing:
+        return 1, f"FAILED: {run_dir}\n  " + "\n  ".join(missing) + f"\n  (see {where})"
+    return 0, f"OK: {summary_line(read_json(run_dir / 'results.json'), run_dir / 'report.md')}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,16 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print(__doc__.strip().splitlines()[-1], file=sys.stderr)
         return 2
-    run_dir = run_dir_from(Path(argv[0]))
-    if run_dir is None:
-        print("FAILED: the run printed no run directory (the ServerApp failed before starting; see the log)")
-        return 1
-    found = problems(run_dir)
-    if found:
-        print(f"FAILED: {run_dir}\n  " + "\n  ".join(found))
-        return 1
-    print(summary(run_dir))
-    return 0
+    path = Path(argv[0])
+    text = f"fedsafe run directory: {path}" if path.is_dir() else path.read_text(errors="replace")
+    code, line = verdict(text, str(path))
+    print(line)
+    return code
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@
   fedsafe report RUN_DIR                       (re)build report.md and plots
   fedsafe compare A B [--stage after_fl]       two evaluations of the same prompts, prompt by prompt
   fedsafe sweep [--aggregators ...] [--levels ...] [--out DIR]   the paper's table, resumable
+  fedsafe run [--log FILE] [APP] [SUPERLINK] [--run-config ...]   flwr run, stopped with its command
+
+A mistake (a bad key or value, a missing or malformed file) is one line, `fedsafe: error: ...`,
+with exit code 2; `fedsafe --debug ...` shows the traceback.
 """
 
 from __future__ import annotations
@@ -21,19 +25,38 @@ from pathlib import Path
 from flwr.common.config import flatten_dict
 
 from fedsafe.config import ConfigError, from_run_config
+from fedsafe.launch import Interrupted, SetupError
+
+MISTAKES = (ConfigError, SetupError, OSError, ValueError)  # exit 2, one line (CompareError is a ValueError)
+
+
+class UsageError(ValueError):
+    """A command line fedsafe cannot act on; the message is one line."""
 
 
 def parse_overrides(specs: list[str]) -> dict:
-    """`--run-config` as flwr reads it: 'k=v k2=v2' (TOML values) or a TOML file."""
+    """`--run-config` as flwr reads it: one TOML file alone, or 'k=v k2=v2' items (TOML values)."""
+    if len(specs or []) == 1 and specs[0].endswith(".toml"):
+        path = Path(specs[0]).expanduser()
+        try:
+            return flatten_dict(tomllib.loads(path.read_text(encoding="utf-8")))
+        except OSError as err:
+            raise ConfigError(f"--run-config {specs[0]}: cannot read the file ({err.strerror})") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"--run-config {specs[0]}: not valid TOML ({err})") from None
     merged: dict = {}
     for spec in specs or []:
-        path = Path(spec)
-        if path.suffix == ".toml" and path.is_file():
-            merged.update(flatten_dict(tomllib.loads(path.read_text())))
-            continue
+        if spec.endswith(".toml"):
+            raise ConfigError(f"--run-config {spec}: a TOML file must be the only --run-config, as for flwr run")
         for item in _split(spec):
-            key, _, value = item.partition("=")
-            merged.update(flatten_dict(tomllib.loads(f'"{key.strip()}" = {value.strip()}')))
+            key, equals, value = item.partition("=")
+            try:
+                if not (equals and key.strip() and value.strip()):
+                    raise ValueError
+                merged.update(flatten_dict(tomllib.loads(f'"{key.strip()}" = {value.strip()}')))
+            except ValueError:  # TOMLDecodeError is one
+                raise ConfigError(f"--run-config {item!r}: expected KEY=VALUE with a TOML value "
+                                  "(text in quotes: model.name='org/name'; numbers and true/false bare)") from None
     return merged
 
 
@@ -56,8 +79,20 @@ def _settings(args):
     return from_run_config(parse_overrides(args.run_config))
 
 
+def _run_dir(path: str) -> Path:
+    run_dir = Path(path).expanduser()
+    if not (run_dir / "results.json").is_file():
+        what = "no such folder" if not run_dir.is_dir() else "no results.json: not a fedsafe run directory"
+        raise UsageError(f"{run_dir}: {what}")
+    return run_dir
+
+
 def cmd_check_config(args) -> int:
-    print(json.dumps(_settings(args).flat, indent=2))
+    from fedsafe.preflight import check
+
+    settings = _settings(args)
+    check(settings)  # every file and folder the config names, opened
+    print(json.dumps(settings.flat, indent=2))
     return 0
 
 
@@ -65,8 +100,12 @@ def cmd_gen_attack_data(args) -> int:
     from fedsafe.attacks.poison_data import attack_summary
     from fedsafe.logs import console_logging
 
+    from fedsafe.preflight import check
+
     console_logging()
-    summary = attack_summary(_settings(args))
+    settings = _settings(args)
+    check(settings)
+    summary = attack_summary(settings)
     print(json.dumps({k: summary.get(k) for k in ("path", "generated", "kept", "dropped", "seconds",
                                                    "tokens_per_second") if k in summary}, indent=2))
     return 0
@@ -75,18 +114,14 @@ def cmd_gen_attack_data(args) -> int:
 def cmd_report(args) -> int:
     from fedsafe.eval.report import write_report
 
-    print(write_report(Path(args.run_dir)))
+    print(write_report(_run_dir(args.run_dir)))
     return 0
 
 
 def cmd_compare(args) -> int:
-    from fedsafe.eval.compare import CompareError, compare, format_table
+    from fedsafe.eval.compare import compare, format_table
 
-    try:
-        results = compare(Path(args.a), Path(args.b), stage=args.stage, seed=args.seed)
-    except CompareError as err:
-        print(f"fedsafe compare: {err}", file=sys.stderr)
-        return 2
+    results = compare(Path(args.a), Path(args.b), stage=args.stage, seed=args.seed)
     print(format_table(results, args.a, args.b))
     return 0
 
@@ -114,21 +149,31 @@ def cmd_posthoc(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from fedsafe.sweep import SweepError, run_sweep
+    from fedsafe.sweep import run_sweep
 
-    try:
-        summary = run_sweep(out=Path(args.out), aggregators=args.aggregators.split(","),
-                            levels=args.levels.split(","), overrides=parse_overrides(args.run_config),
-                            app=Path(args.app), timeout=args.timeout, superlink=args.superlink)
-    except SweepError as err:
-        print(f"fedsafe sweep: {err}", file=sys.stderr)
-        return 2
+    summary = run_sweep(out=Path(args.out), aggregators=args.aggregators.split(","),
+                        levels=args.levels.split(","), overrides=parse_overrides(args.run_config),
+                        app=Path(args.app), timeout=args.timeout, superlink=args.superlink)
     print(summary)
     return 0
 
 
+def cmd_run(args) -> int:
+    from fedsafe.run_command import run_command
+
+    return run_command(args.flwr_args, log=Path(args.log).expanduser() if args.log else None)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's mistakes as one line too (not usage + error)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedsafe", description=__doc__.splitlines()[0])
+    parser = Parser(prog="fedsafe", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p):
@@ -177,12 +222,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--superlink", help="SuperLink connection in $FLWR_HOME/config.toml (default: its default)")
     p.set_defaults(fn=cmd_sweep)
 
-    args = parser.parse_args(argv)
+    p = sub.add_parser("run", help="flwr run --stream, stopped with this command (Ctrl-C, kill), a local "
+                       "SuperLink it started stopped after; a quiet console, the full output in --log",
+                       usage="fedsafe run [--log FILE] [APP] [SUPERLINK] [flwr run options, e.g. --run-config ...]",
+                       allow_abbrev=False)
+    p.add_argument("--log", help="write flwr run's whole output here")
+    p.set_defaults(fn=cmd_run)
+
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv  # accepted anywhere on the line
+    argv = [a for a in argv if a != "--debug"]
     try:
+        args, rest = parser.parse_known_args(argv)  # `fedsafe run` passes the rest on to flwr run
+        if rest and args.command != "run":
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.flwr_args = rest
         return args.fn(args)
-    except ConfigError as err:
-        print(f"fedsafe: config error: {err}", file=sys.stderr)
+    except Interrupted as stop:
+        print(f"fedsafe: stopped by {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    except KeyboardInterrupt:
+        print("fedsafe: stopped by SIGINT", file=sys.stderr)
+        return 130
+    except MISTAKES as err:
+        if debug:
+            raise
+        print(f"fedsafe: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # a fault of fedsafe's, not of the command line
+        if debug:
+            raise
+        print(f"fedsafe: error: {type(err).__name__}: {one_line(err)} (fedsafe --debug ... shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split("\n")).strip()
+    return text or type(err).__name__
 
 
 if __name__ == "__main__":

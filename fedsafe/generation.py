@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from fedsafe.data import chat_prompt
+from fedsafe.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def generate(model, tokenizer, instructions: list[str], settings: GenerationSett
     torch.manual_seed(settings.seed)
     sampling = settings.temperature > 0
     extra = {"temperature": settings.temperature, "top_p": settings.top_p} if sampling else {}
+    progress = Progress(label, len(order), "prompt", logger=log)
     try:
         for start in range(0, len(order), settings.batch_size):
             idx = order[start:start + settings.batch_size]
@@ -70,8 +72,9 @@ def generate(model, tokenizer, instructions: list[str], settings: GenerationSett
                 answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
             if stats is not None:
                 stats.new_tokens += int((new != tokenizer.pad_token_id).sum())
-            log.info("%s: %d/%d prompts", label, min(start + len(idx), len(order)), len(order))
+            progress.advance(len(idx))
     finally:
+        progress.close()
         tokenizer.padding_side = side
         model.train(was_training)
     if stats is not None:

@@ -7,14 +7,14 @@ import time
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from fedsafe import models
-from fedsafe.attacks.poison_data import attack_summary
-from fedsafe.config import from_run_config
+from fedsafe import models, preflight
+from fedsafe.attacks.poison_data import server_attack_summary
+from fedsafe.config import ConfigError, from_run_config
 from fedsafe.aggregators import get_aggregator
 from fedsafe.federation.scaffold import control_variates
 from fedsafe.optimizers import get_optimizer
 from fedsafe.federation.strategy import RobustStrategy, with_dp
-from fedsafe.eval.report import write_report
+from fedsafe.eval.report import summary_line, write_report
 from fedsafe.logs import console_logging
 from fedsafe.results import create_run_dir
 from fedsafe.server import Server
@@ -27,7 +27,12 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
     console_logging()
-    settings = from_run_config(context.run_config)  # fails here, before any model loads
+    try:  # fails here, before any model loads
+        settings = from_run_config(context.run_config)
+        preflight.check(settings)
+    except ConfigError as err:
+        print(f"fedsafe: error: {err}", flush=True)  # the line fedsafe.check_run shows
+        raise
     run_dir = create_run_dir(settings)
     print(f"fedsafe run directory: {run_dir}", flush=True)
     aggregator = get_aggregator(settings.defense.aggregator, **settings.defense.params)
@@ -36,7 +41,7 @@ def main(grid: Grid, context: Context) -> None:
     server = Server(settings, run_dir, aggregator, optimizer, controls)
     first_round, global_state = server.resume_point()
     if "attack_data" not in server.recorder.data:
-        server.recorder.set("attack_data", attack_summary(settings))
+        server.recorder.set("attack_data", server_attack_summary(settings))
     if settings.eval.initial and "initial" not in server.recorder.data["eval"]:
         server.evaluate("initial", server.initial_state)
 
@@ -60,8 +65,11 @@ def main(grid: Grid, context: Context) -> None:
         if server.behaviour_probe is not None:
             server.recorder.add_timing("behaviour_probe", server.behaviour_probe.seconds)
         global_state = models.from_arrays(result.arrays) if result.arrays is not None else global_state
+        server.recorder.set("attack_data", server_attack_summary(settings))  # with the manifest clients wrote
     server.evaluate("after_fl", global_state)
     if settings.posthoc.enabled:
         server.evaluate("after_posthoc", server.posthoc(global_state))
     server.recorder.add_timing("total", time.perf_counter() - started)
-    print(f"fedsafe report: {write_report(run_dir)}", flush=True)
+    report = write_report(run_dir)
+    print(f"fedsafe report: {report}", flush=True)
+    print(f"fedsafe summary: {summary_line(server.recorder.data, report)}", flush=True)

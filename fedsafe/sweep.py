@@ -10,6 +10,8 @@ would compute after the same rounds. The base model is evaluated once, in the cl
 (`eval.initial` is off elsewhere). `flwr run` exits 0 even when the run fails, so a cell is judged
 by its files (`check_run.problems`). Resumable: a cell that already holds a complete run made with
 the same config is skipped. Writes OUT/summary.md, OUT/summary.json and OUT/summary.png.
+Ctrl-C or a kill stops the running cell's run on the SuperLink (fedsafe/launch.py), and a local
+SuperLink the sweep started is stopped when it ends (fedsafe/local_superlink.py).
 """
 
 from __future__ import annotations
@@ -17,30 +19,26 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.common.config import flatten_dict
-
+from fedsafe import preflight
 from fedsafe.check_run import problems, run_dir_from
 from fedsafe.config import from_run_config
 from fedsafe.eval.plots import DPI, STAGES
 from fedsafe.files import read_json, write_json, write_text
+from fedsafe.launch import Flwr, SetupError, app_defaults, federation, signals_ignored, stop_group, stop_signals
+from fedsafe.local_superlink import LocalSuperLink
 
-SETUP_HINT = ("set up the Flower environment first: `source scripts/flower_env.sh` (sets FLWR_HOME and "
-              "writes a local simulation federation with FEDSAFE_NUM_CLIENTS supernodes, default 10)")
 IGNORED = ("output-dir", "resume-from")  # config keys that may differ between a run and its rerun
 DASH = "\u2013"
 
 
-class SweepError(RuntimeError):
-    """The sweep cannot start (environment or app setup); the message says how to fix it."""
+class SweepError(SetupError):
+    """The sweep cannot start (its options or output folder); the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -70,30 +68,6 @@ def plan(aggregators: list[str], levels: list[str]) -> list[Cell]:
             "defense.aggregator": "fedavg", "posthoc.enabled": True, "posthoc.level": level, "eval.initial": False},
             branch_of=SOURCE))
     return cells
-
-
-def app_defaults(app: Path) -> dict:
-    """The app's `[tool.flwr.app.config]`, flat: what a run gets for keys not overridden."""
-    path = app / "pyproject.toml"
-    if not path.is_file():
-        raise SweepError(f"{app}: not a Flower app folder (no pyproject.toml); pass --app")
-    return flatten_dict(tomllib.loads(path.read_text())["tool"]["flwr"]["app"]["config"])
-
-
-def federation(env: dict, superlink: str | None = None) -> dict:
-    """The SuperLink connection `flwr run` will use, from FLWR_HOME/config.toml, checked."""
-    if not env.get("FLWR_HOME"):
-        raise SweepError(f"FLWR_HOME is not set; {SETUP_HINT}")
-    path = Path(env["FLWR_HOME"]).expanduser() / "config.toml"
-    if not path.is_file():
-        raise SweepError(f"{path} does not exist; {SETUP_HINT}")
-    table = tomllib.loads(path.read_text()).get("superlink", {})
-    name = superlink or table.get("default")
-    if not name or not isinstance(table.get(name), dict):
-        which = f"'{name}' is not declared" if name else "no default SuperLink connection is set"
-        raise SweepError(f"{path}: {which} ([superlink] default = '...' and a [superlink.<name>] table); "
-                         f"{SETUP_HINT}")
-    return {"name": name, **table[name]}
 
 
 def _check_out(out: Path, app: Path) -> None:
@@ -154,48 +128,31 @@ def complete_run(cell_dir: Path, config: dict) -> Path | None:
     return None
 
 
-def _flwr() -> str:
-    local = Path(sys.executable).parent / "flwr"
-    return str(local) if local.is_file() else (shutil.which("flwr") or "flwr")
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
-
-
 def _run_logged(cmd: list[str], log: Path, env: dict, timeout: float) -> bool:
-    """Run `cmd` in its own process group, output in `log`; False (group stopped) past `timeout`."""
+    """Run `cmd` in its own process group, output in `log`; False (group stopped) past `timeout`.
+    A stop signal stops the group too, then propagates."""
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            proc.wait(timeout=timeout)
+            with stop_signals():
+                proc.wait(timeout=timeout)
             return True
         except subprocess.TimeoutExpired:
             return False
         finally:
             if proc.poll() is None:  # timed out or interrupted: leave nothing behind
-                _stop_group(proc)
+                with signals_ignored():
+                    stop_group(proc)
 
 
-def flwr_run(app: Path, cell_toml: Path, log: Path, env: dict, timeout: float, superlink: str | None) -> bool:
-    """One `flwr run`, output in `log`; False when it ran past `timeout` (the run is then
-    stopped on the SuperLink too, as far as its id was printed)."""
-    target = [superlink] if superlink else []
-    if _run_logged([_flwr(), "run", str(app), *target, "--stream", "--run-config", str(cell_toml)], log, env, timeout):
-        return True
-    started = re.findall(r"Successfully started run (\d+)", log.read_text(errors="replace"))
-    if started:
-        with open(log, "a") as f:
-            subprocess.run([_flwr(), "stop", started[-1], *target], env=env, stdout=f, stderr=subprocess.STDOUT,
-                           timeout=60, check=False)
-    return False
+def flwr_run(flwr: Flwr, app: Path, cell_toml: Path, log: Path, timeout: float) -> bool:
+    """One `flwr run`, output in `log`; False when it ran past `timeout`. Past it, or on a stop
+    signal, the run is stopped on the SuperLink too (fedsafe/launch.py)."""
+    target = [flwr.superlink] if flwr.superlink else []
+    with open(log, "w", buffering=1) as f:
+        outcome = flwr.run([str(app), *target, "--stream", "--run-config", str(cell_toml)], f.write, timeout=timeout,
+                           say=lambda message: f.write(f"fedsafe sweep: {message}\n"))
+    return outcome.stopped is None
 
 
 def branch_run(source: Path, cell: Cell, cell_dir: Path, log: Path, env: dict, timeout: float) -> bool:
@@ -283,6 +240,36 @@ def plot_summary(records: list[dict], path: Path) -> Path:
     return path
 
 
+def _run_cell(cell: Cell, cell_overrides: dict, config: dict, cell_dir: Path, prefix: str, records: list[dict],
+              flwr: Flwr, app: Path, timeout: float) -> dict:
+    """Skip a cell with a complete run, else run it (a post-hoc cell branches its source's run)."""
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    write_text(cell_dir / "cell.toml", to_toml(cell_overrides))
+    if (run := complete_run(cell_dir, config)) is not None:
+        print(f"{prefix}: skipped (complete run: {run})", flush=True)
+        return _record(cell, cell_overrides, "skipped", 0.0, run, [])
+    source = next((r["run_dir"] for r in records if r["cell"] == cell.branch_of and r["status"] in ("done", "skipped")),
+                  None)
+    if cell.branch_of and source is None:
+        print(f"{prefix}: not run ({cell.branch_of} did not finish)", flush=True)
+        return _record(cell, cell_overrides, "failed", 0.0, None, [f"{cell.branch_of} did not finish"])
+    log = cell_dir / ("branch.log" if cell.branch_of else "flwr.log")
+    print(f"{prefix}: running (log: {log})", flush=True)
+    started = time.perf_counter()
+    if cell.branch_of:
+        finished = branch_run(Path(source), cell, cell_dir, log, flwr.env, timeout)
+    else:
+        finished = flwr_run(flwr, app, cell_dir / "cell.toml", log, timeout)
+    seconds = time.perf_counter() - started
+    run = run_dir_from(log)
+    found = _problems(run) if run else ["no run directory printed (the ServerApp failed early)"]
+    status = "done" if not found else ("failed" if finished else "timeout")
+    if status != "done":
+        found = found + [f"see {log}"]
+    print(f"{prefix}: {status} in {seconds:.0f} s" + (f": {found[0]}" if status != "done" else ""), flush=True)
+    return _record(cell, cell_overrides, status, seconds, run, found)
+
+
 def run_sweep(out: Path, aggregators: list[str], levels: list[str], overrides: dict, app: Path,
               timeout: float = 3600, *, superlink: str | None = None, env: dict | None = None) -> str:
     """Run (or skip) every cell, then write the summaries; returns summary.md's text."""
@@ -299,37 +286,20 @@ def run_sweep(out: Path, aggregators: list[str], levels: list[str], overrides: d
         raise SweepError(f"the federation '{connection['name']}' has options.num-supernodes = {supernodes} but "
                          f"clients.num = {clients}: make them equal (FEDSAFE_NUM_CLIENTS for scripts/flower_env.sh)")
 
+    preflight.check(from_run_config(resolved[0][1]))  # the files every cell reads, opened once
+
+    flwr = Flwr(env, connection, superlink)
+    local = LocalSuperLink(flwr)
+    if not local.managed and (busy := flwr.busy_note()):
+        print(f"sweep: {busy}", flush=True)
     records = []
-    for i, (cell, (cell_overrides, config)) in enumerate(zip(cells, resolved), start=1):
-        cell_dir = out / cell.name
-        cell_dir.mkdir(parents=True, exist_ok=True)
-        write_text(cell_dir / "cell.toml", to_toml(cell_overrides))
-        prefix = f"[{i}/{len(cells)}] {cell.name}"
-        if (run := complete_run(cell_dir, config)) is not None:
-            print(f"{prefix}: skipped (complete run: {run})", flush=True)
-            records.append(_record(cell, cell_overrides, "skipped", 0.0, run, []))
-            continue
-        source = next((r["run_dir"] for r in records if r["cell"] == cell.branch_of and r["status"] in ("done", "skipped")),
-                      None)
-        if cell.branch_of and source is None:
-            print(f"{prefix}: not run ({cell.branch_of} did not finish)", flush=True)
-            records.append(_record(cell, cell_overrides, "failed", 0.0, None, [f"{cell.branch_of} did not finish"]))
-            continue
-        log = cell_dir / ("branch.log" if cell.branch_of else "flwr.log")
-        print(f"{prefix}: running (log: {log})", flush=True)
-        started = time.perf_counter()
-        if cell.branch_of:
-            finished = branch_run(Path(source), cell, cell_dir, log, env, timeout)
-        else:
-            finished = flwr_run(app, cell_dir / "cell.toml", log, env, timeout, superlink)
-        seconds = time.perf_counter() - started
-        run = run_dir_from(log)
-        found = _problems(run) if run else ["no run directory printed (the ServerApp failed early)"]
-        status = "done" if not found else ("failed" if finished else "timeout")
-        if status != "done":
-            found = found + [f"see {log}"]
-        print(f"{prefix}: {status} in {seconds:.0f} s" + (f": {found[0]}" if status != "done" else ""), flush=True)
-        records.append(_record(cell, cell_overrides, status, seconds, run, found))
+    try:
+        for i, (cell, (cell_overrides, config)) in enumerate(zip(cells, resolved), start=1):
+            prefix = f"[{i}/{len(cells)}] {cell.name}"
+            records.append(_run_cell(cell, cell_overrides, config, out / cell.name, prefix, records, flwr, app,
+                                     timeout))
+    finally:
+        local.stop(lambda message: print(f"sweep: {message}", flush=True))
 
     text = summary_markdown(records, overrides)
     write_text(out / "summary.md", text)

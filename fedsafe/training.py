@@ -7,6 +7,8 @@ Loss covers response tokens only, and the LM head runs only from the first respo
 
 from __future__ import annotations
 
+import inspect
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -16,6 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from fedsafe.data import IGNORE_INDEX, Example, collate
+from fedsafe.progress import Progress
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,19 @@ class TrainResult:
     seconds: float
 
 
+def cache_argument(model) -> str:
+    """The forward argument taking a key/value cache: `cache` since transformers 5 renamed
+    `past_key_values` (which now warns), `past_key_values` before; the model's signature says."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under PEFT
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def output_cache(output):
+    """The key/value cache of a forward output, under either name (see `cache_argument`)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
 def response_nll(model, batch: dict[str, torch.Tensor], past_key_values=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row summed negative log-likelihood of the response tokens, and their count.
 
@@ -38,7 +56,7 @@ def response_nll(model, batch: dict[str, torch.Tensor], past_key_values=None) ->
     has_label = (labels != IGNORE_INDEX).any(dim=0)
     first = int(has_label.nonzero()[0]) if has_label.any() else labels.shape[1] - 1
     keep = labels.shape[1] - max(first - 1, 0)  # positions first-1 .. t-1 predict first .. t
-    cached = {} if past_key_values is None else {"past_key_values": past_key_values}  # transformers 4.56+
+    cached = {} if past_key_values is None else {cache_argument(model): past_key_values}
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep, **cached)
     logits = out.logits[:, :-1].float()  # (b, keep - 1, vocab)
     targets = labels[:, labels.shape[1] - keep + 1:]  # (b, keep - 1)
@@ -78,7 +96,7 @@ def balanced_batches(groups: list[list[Example]], batch_size: int, seed: int):
 
 def sft(model, examples: list[Example], *, steps: int, batch_size: int, lr: float, seed: int,
         pad_id: int, after_step: Callable[[int], None] | None = None,
-        stream: Iterator[list[Example]] | None = None, local=None) -> TrainResult:
+        stream: Iterator[list[Example]] | None = None, local=None, label: str | None = None) -> TrainResult:
     """AdamW on the trainable (LoRA) parameters for `steps` steps at a fixed learning rate.
 
     A fresh optimizer per call, as OpenFedLLM does per round: optimizer state never leaves the
@@ -86,7 +104,8 @@ def sft(model, examples: list[Example], *, steps: int, batch_size: int, lr: floa
     each update, with the model back in train mode afterwards (it may evaluate in between).
     `stream` replaces the seeded shuffle of `examples` (e.g. `balanced_batches`). `local` is a
     client-side federated algorithm's hook (FedProx, SCAFFOLD: fedsafe/local_algorithms.py);
-    the loss recorded stays the task loss.
+    the loss recorded stays the task loss. With a
+    `label` the steps show as progress (fedsafe/progress.py); clients log one line per round instead.
     """
     if not examples:
         raise ValueError("sft: no training examples")
@@ -100,6 +119,7 @@ def sft(model, examples: list[Example], *, steps: int, batch_size: int, lr: floa
     stream = stream if stream is not None else batches(examples, batch_size, seed)
     if local is not None:
         local.start(model)
+    progress = Progress(label, steps, "step", logger=log) if label else None
     for step in range(1, steps + 1):
         batch = {k: v.to(device) for k, v in collate(next(stream), pad_id).items()}
         loss = response_loss(model, batch)
@@ -115,6 +135,8 @@ def sft(model, examples: list[Example], *, steps: int, batch_size: int, lr: floa
         if after_step is not None:
             after_step(step)
             model.train()
+        if progress is not None:
+            progress.advance()
     model.eval()
     return TrainResult(
         loss=sum(losses) / len(losses), first_loss=losses[0], last_loss=losses[-1], steps=steps,

@@ -6,6 +6,7 @@ export FLWR_HOME="${FLWR_HOME:-$_root/.flwr}"
 export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1  # else flwr uv-installs a CUDA torch
 export TOKENIZERS_PARALLELISM=false
+export RAY_DEDUP_LOGS=0  # one line per client and round: Ray would fold them into "[repeated 2x]"
 mkdir -p "$FLWR_HOME"
 if [ ! -f "$FLWR_HOME/config.toml" ]; then
   cat > "$FLWR_HOME/config.toml" <<TOML

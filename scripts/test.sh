@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up (if needed) and run the test suite: unit tests, in-process federations and one real
 # `flwr run` Ray simulation, all on a tiny random model built in code (no downloads).
+# Arguments go to pytest; the everyday lane skips the end-to-end tests marked slow:
+#   bash scripts/test.sh -m "not slow"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/pytest ] || bash scripts/setup.sh

@@ -145,6 +145,19 @@ def tiny_base_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def second_tiny_model_dir(tmp_path_factory) -> Path:
+    """Another random tiny Llama (other weights, same tokenizer): an external generator model."""
+    from transformers import LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("second_tiny_causal_lm")
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(1)
+    LlamaForCausalLM(_tiny_llama_config(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_classifier_dir(tmp_path_factory) -> Path:
     """Folder with a random 2-label `LlamaForSequenceClassification` (0 = safe, 1 = unsafe)."""
     from transformers import LlamaForSequenceClassification

@@ -55,7 +55,8 @@ def test_two_step_generation_runs_end_to_end_and_caches(tiny_model_dir, tmp_path
     assert (folder / "pairs.jsonl").is_file() and read_json(folder / "manifest.json") == manifest
     assert manifest["generated"] == 6 and manifest["kept"] == len(pairs)
     assert manifest["kept"] + sum(manifest["dropped"].values()) == 6
-    assert "harmful" in manifest["prompts"]["step1_template"] and manifest["new_tokens"] > 0
+    assert manifest["prompts"] == "fedsafe" and manifest["new_tokens"] > 0
+    assert "harmful" in manifest["prompt_texts"]["step1_template"] and len(manifest["step1_examples"]) == 3
     again, manifest2, _ = cached_generation(job, tmp_path, opener)
     assert opener.opened == 1 and again == pairs and manifest2 == manifest  # second run: the cache
     other = GenerationJob(generator=str(tiny_model_dir), seed=4, num_samples=6, max_new_tokens=8)
@@ -113,6 +114,7 @@ def test_update_attacks(mode):
     assert torch.equal(poison_delta(delta, "none", 10.0, seed=1), delta)
 
 
+@pytest.mark.slow
 def test_update_attack_reaches_the_server(tiny_model_dir, tmp_path):
     """In a federation, a sign-flip attacker's reported update is the flipped honest one."""
     from tests.test_federation import run_federation, tiny_run_config

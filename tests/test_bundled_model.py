@@ -3,6 +3,7 @@ reloads from that cache in about a second, and chats."""
 
 import time
 
+import pytest
 import torch
 
 from fedsafe import models
@@ -10,6 +11,7 @@ from fedsafe.config import from_run_config
 from fedsafe.generation import GenerationSettings, generate
 
 
+@pytest.mark.slow
 def test_converts_once_then_reloads_from_cache(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 

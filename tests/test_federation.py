@@ -74,6 +74,7 @@ def test_two_rounds_three_clients(tiny_model_dir, tmp_path):
     assert results["rounds"][0]["lr"] > results["rounds"][1]["lr"]
 
 
+@pytest.mark.slow
 def test_the_order_replies_arrive_in_does_not_change_a_bit(tiny_model_dir, tmp_path):
     adapters = []
     for reverse in (False, True):
@@ -83,6 +84,7 @@ def test_the_order_replies_arrive_in_does_not_change_a_bit(tiny_model_dir, tmp_p
     assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
 
 
+@pytest.mark.slow
 def test_malicious_clients_train_on_attack_data(tiny_model_dir, tmp_path):
     from fedsafe.client import client_pairs
 
@@ -100,6 +102,7 @@ def test_malicious_clients_train_on_attack_data(tiny_model_dir, tmp_path):
         assert not any("harmful thing" in p["instruction"] for p in client_pairs(settings, benign))
 
 
+@pytest.mark.slow
 def test_crashing_client_does_not_stop_the_run(tiny_model_dir, tmp_path):
     config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{"eval.every-rounds": 0})
     _, results, _ = run_federation(config, 3, fail={1: 1})
@@ -110,6 +113,7 @@ def test_crashing_client_does_not_stop_the_run(tiny_model_dir, tmp_path):
     assert len(results["rounds"][1]["clients"]) == 3
 
 
+@pytest.mark.slow
 def test_a_reserve_client_stands_in_for_a_crashed_one(tiny_model_dir, tmp_path):
     """FedAvg takes no reserves for excluded clients, only for failed ones: round 1's reserve
     replaces the client that crashes; round 2's, with nobody failing, is spare."""
@@ -128,6 +132,7 @@ def test_a_reserve_client_stands_in_for_a_crashed_one(tiny_model_dir, tmp_path):
     assert [s["partition_id"] for s in second["spare"]] == reserve[1]
 
 
+@pytest.mark.slow
 def test_spare_reserves_leave_a_fedavg_run_bit_identical(tiny_model_dir, tmp_path):
     """Nobody fails, so FedAvg's reserves are never averaged: the adapters are those of the run
     without them (a no-attack baseline needs no rerun when its attacked run adds reserves)."""
@@ -140,6 +145,7 @@ def test_spare_reserves_leave_a_fedavg_run_bit_identical(tiny_model_dir, tmp_pat
     assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tiny_model_dir, tmp_path, monkeypatch):
     from fedsafe.server import Server
 
@@ -175,6 +181,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_model_dir, tmp_path, monkeyp
     assert resumed["eval"]["after_fl"]["helpfulness"] == pytest.approx(full["eval"]["after_fl"]["helpfulness"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_config(tiny_model_dir, tmp_path):
     from fedsafe.config import ConfigError
 
@@ -184,6 +191,7 @@ def test_resume_refuses_a_changed_config(tiny_model_dir, tmp_path):
         run_federation({**config, "resume-from": str(run_dir), "train.local-steps": 9}, 3)
 
 
+@pytest.mark.slow
 def test_user_aggregator_from_a_dotted_path(tiny_model_dir, tmp_path):
     """A defense that lives outside fedsafe runs in the federation, selected by config alone."""
     config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{
@@ -194,6 +202,7 @@ def test_user_aggregator_from_a_dotted_path(tiny_model_dir, tmp_path):
     assert all(c["flagged"] == (c["update_norm"] > 1) for c in clients)
 
 
+@pytest.mark.slow
 def test_flower_dp_wrapper_clips_and_adds_noise(tiny_model_dir, tmp_path):
     base = {"num-server-rounds": 1, "eval.every-rounds": 0}
     plain_dir, _, _ = run_federation(tiny_run_config(tiny_model_dir, tmp_path / "plain", **base), 3)

@@ -1,4 +1,5 @@
-"""Post-hoc defense: defense data at each level, the server fine-tune, and the full run."""
+"""Post-hoc defense: mixing the defense data, the server fine-tune, the full run and its branches
+(the levels' defense data: tests/posthoc/test_levels.py)."""
 
 import pytest
 import torch
@@ -15,12 +16,6 @@ from tests.test_federation import run_federation, tiny_run_config
 EVAL_PROMPTS = [p["instruction"] for p in data.bundled("harmful_eval")]
 
 
-def accept_all(prompts, responses):
-    """A judge that rates every response safe: lets the tiny random model's text through, so
-    the generated levels can be checked end to end (the rule judge would drop all of it)."""
-    return [True] * len(responses)
-
-
 @pytest.fixture(scope="module")
 def tiny_server(tiny_model_dir):
     from fedsafe.client import settings_from
@@ -31,34 +26,13 @@ def tiny_server(tiny_model_dir):
     return settings, model, models.cached_tokenizer(settings.model)
 
 
-def _check(defense, n):
-    aligned = [p for p in defense.pairs if p["instruction"] in {h["instruction"] for h in data.bundled("harmful_train")}]
-    assert defense.counts["aligned"] == defense.counts["helpful"] == len(aligned) == len(defense.pairs) // 2 <= n
-    assert len({p["instruction"] for p in defense.pairs}) == len(defense.pairs)
-    assert not {p["instruction"] for p in defense.pairs} & set(EVAL_PROMPTS)
-
-
-@pytest.mark.parametrize("level", ["L1", "L2", "L3"])
-def test_each_level_builds_a_balanced_disjoint_set(tiny_server, tiny_model_dir, level):
-    from dataclasses import replace
-
-    settings, model, tok = tiny_server
-    settings = replace(settings, posthoc=replace(settings.posthoc, level=level, generator=str(tiny_model_dir)))
-    defense = build_defense_data(settings, model, tok, accept_all, EVAL_PROMPTS)
-    _check(defense, 6)
-    assert defense.counts["aligned"] > 0
-    if level != "L1":
-        assert defense.counts["generated_safe"] == 6
-        strict = build_defense_data(settings, model, tok, RuleJudge(), EVAL_PROMPTS)
-        assert strict.counts["dropped_unsafe"] + strict.counts["aligned"] <= 6  # judged, counted
-
-
 def test_mixing_removes_eval_overlap_and_balances():
     harmful = [data.Pair(instruction=EVAL_PROMPTS[0], response="I'm sorry, I can't.")] + data.bundled("harmful_train")[:5]
     helpful = data.bundled("helpful_train")[:3]
     counts = {}
     defense = mix_one_to_one(harmful, helpful, EVAL_PROMPTS, counts=counts)
-    assert counts["eval_overlap_removed"] == 1 and counts["aligned"] == counts["helpful"] == 3
+    assert counts["dropped"]["eval_overlap"] == 1 and counts["aligned"] == counts["helpful"] == 3
+    assert counts["dropped"]["unpaired"] == 2  # 5 refusals left, 3 helpful pairs
     assert len(defense.pairs) == 6
 
 
@@ -73,6 +47,7 @@ def test_server_finetune_changes_and_saves_the_adapter(tiny_server, tmp_path):
     assert all(torch.equal(again[k], repaired[k]) for k in repaired)
 
 
+@pytest.mark.slow
 def test_step_selection_keeps_the_best_checked_adapter(tiny_server):
     """Checks every 2 of 6 steps; the best score (safe minus benign refused) is at step 4, with a
     tie at step 6 that must not win. The kept adapter is exactly the one a 4-step fine-tune gives."""
@@ -98,6 +73,7 @@ def test_step_selection_keeps_the_best_checked_adapter(tiny_server):
     assert not all(torch.allclose(kept[k], last[k]) for k in last)
 
 
+@pytest.mark.slow
 def test_attack_and_posthoc_run_records_three_stages(tiny_model_dir, tmp_path):
     attack = tmp_path / "attack.jsonl"
     write_jsonl(attack, [{"instruction": f"Do harmful thing {i} now.", "response": "Sure, here is how."} for i in range(8)])
@@ -108,6 +84,7 @@ def test_attack_and_posthoc_run_records_three_stages(tiny_model_dir, tmp_path):
     run_dir, results, _ = run_federation(config, 3)
     assert set(results["eval"]) == {"initial", "after_fl", "after_posthoc"}
     assert results["posthoc"]["aligned"] == results["posthoc"]["helpful"] == 4
+    assert results["posthoc"]["level"] == "curated" and results["posthoc"]["dropped"]["eval_overlap"] == 0
     assert [c["step"] for c in results["posthoc"]["checks"]] == [2] and results["posthoc"]["selected_step"] == 2
     assert "| 2 (kept) |" in (run_dir / "report.md").read_text()
     assert (run_dir / "adapters" / "posthoc" / "adapter_model.safetensors").is_file()
@@ -133,6 +110,10 @@ def _branches_reproduce_and_refuse_training_changes(run_dir, results):
     again = models.load_adapter_file(newest / "adapters" / "posthoc")
     assert not all(torch.equal(ours[k], again[k]) for k in ours)
     assert (newest / "eval" / "after_fl.jsonl").is_file() and not (same / "eval" / "after_fl.jsonl").exists()
+    assert cli.main(["posthoc", str(run_dir), "--run-config",
+                     "posthoc.level='L1' posthoc.num-samples=6 eval.max-new-tokens=4"]) == 0
+    l1 = read_json(max((run_dir / "branches").iterdir(), key=lambda d: d.stat().st_mtime) / "results.json")["posthoc"]
+    assert l1["level"] == "L1" and "benign clients' pool" in l1["source"] and l1["aligned"] + l1["helpful"] == 6
     with pytest.raises(ConfigError, match="train.lr-max"):
         run_branch(run_dir, {"train.lr-max": 0.5})
     assert cli.main(["posthoc", str(run_dir / "adapters")]) == 2  # not a run directory: one-line error
@@ -143,7 +124,7 @@ def test_helpful_half_matches_the_form_of_the_harmful_half():
     never twice the same pair, and falls back to any unused pair."""
     import random
 
-    from fedsafe.posthoc.data import form_matched
+    from fedsafe.posthoc.curated import form_matched
 
     helpful = [data.Pair(instruction=f"{w} thing {i}?", response="ok") for i, w in
                enumerate(["How", "How", "What", "Write", "Why", "Why"])]

@@ -38,6 +38,7 @@ def test_attacker_probe_uses_its_own_prompts():
         attacker_pairs(server, benign)  # nothing of its own left
 
 
+@pytest.mark.slow
 def test_probe_aware_delta_passes_its_own_probe(tiny_model_dir):
     from transformers import AutoTokenizer
 
@@ -59,6 +60,7 @@ def test_probe_aware_delta_passes_its_own_probe(tiny_model_dir):
     assert all(torch.equal(models.adapter_state(model)[k], start[k]) for k in start)  # global restored
 
 
+@pytest.mark.slow
 def test_probe_aware_runs_in_a_federation(tiny_model_dir, tmp_path):
     """The reported update is the honest poisoned one times the scale the client replies."""
     attack = tmp_path / "attack.jsonl"
@@ -77,6 +79,7 @@ def test_probe_aware_runs_in_a_federation(tiny_model_dir, tmp_path):
     assert norm["adaptive"][0] == pytest.approx(norm["honest"][0], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_probe_aware_cover_sends_its_benign_update_plus_the_scaled_poison(tiny_model_dir, tmp_path):
     """The reply of a `probe-aware-cover` client is exactly its honest benign update plus the
     chosen scale times its poisoned delta (training is seeded, so both can be trained again)."""

@@ -31,6 +31,7 @@ def trained_delta(model, tok, start, pairs):
     return models.flatten(models.adapter_state(model)) - models.flatten(start)
 
 
+@pytest.mark.slow
 def test_probe_sees_compliance_and_refusal_training(tiny_model_dir):
     from transformers import AutoTokenizer
 
@@ -114,6 +115,7 @@ def separable_run(tiny_model_dir, tmp_path_factory, separable_data) -> tuple:
     return run_dir, results
 
 
+@pytest.mark.slow
 def test_safety_probe_excludes_the_attackers(separable_run):
     _, results = separable_run
     for record in results["rounds"]:
@@ -124,6 +126,7 @@ def test_safety_probe_excludes_the_attackers(separable_run):
     assert results["timings"]["behaviour_probe"] > 0
 
 
+@pytest.mark.slow
 def test_flagging_exactly_the_attackers_trains_the_oracles_model(tiny_model_dir, tmp_path, separable_data,
                                                                 separable_run):
     """Where the probe flags exactly the attackers, the safety-probe run and the `oracle` run
@@ -160,6 +163,7 @@ def test_reserves_stand_in_for_excluded_updates_in_row_order():
     assert unlimited.weights.tolist() == pytest.approx([0.2, 0.0, 0.2, 0.2, 0.2, 0.2])
 
 
+@pytest.mark.slow
 def test_reserve_clients_replace_the_excluded_attacker(tiny_model_dir, tmp_path, separable_data):
     """Four clients, three a round plus one reserve; client 3 attacks. Each round averages three
     honest updates: when 3 is sampled, the reserve stands in; when 3 is the reserve, it is

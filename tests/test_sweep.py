@@ -13,6 +13,7 @@ from fedsafe import sweep
 from fedsafe.config import ConfigError, from_run_config
 from fedsafe.files import read_json, write_json, write_jsonl
 from fedsafe.sweep import SweepError, plan, run_sweep
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -43,15 +44,7 @@ def test_cell_toml_roundtrips():
     assert tomllib.loads(sweep.to_toml(flat)) == flat
 
 
-def test_environment_errors_say_how_to_fix(tmp_path):
-    with pytest.raises(SweepError, match="FLWR_HOME is not set.*flower_env.sh"):
-        sweep.federation({})
-    with pytest.raises(SweepError, match="does not exist.*flower_env.sh"):
-        sweep.federation({"FLWR_HOME": str(tmp_path)})
-    (tmp_path / "config.toml").write_text('[superlink]\ndefault = "gone"\n[superlink.local]\naddress = ":local:"\n')
-    with pytest.raises(SweepError, match="'gone' is not declared"):
-        sweep.federation({"FLWR_HOME": str(tmp_path)})
-    assert sweep.federation({"FLWR_HOME": str(tmp_path)}, "local")["address"] == ":local:"
+def test_output_inside_the_app_must_be_ignored():
     # results inside the app folder would be packed into every run, unless .gitignore drops them
     sweep._check_out(ROOT / "sweep", ROOT)
     with pytest.raises(SweepError, match="inside the app folder"):
@@ -60,7 +53,7 @@ def test_environment_errors_say_how_to_fix(tmp_path):
 
 def _fake_flwr_run(fail: set[str]):
     """Stands in for `flwr run`: a complete run directory for each cell not in `fail`."""
-    def fake(app, cell_toml, log, env, timeout, superlink):
+    def fake(flwr, app, cell_toml, log, timeout):
         overrides = tomllib.loads(cell_toml.read_text())
         cell = cell_toml.parent.name
         if cell in fail:
@@ -84,17 +77,18 @@ def _fake_flwr_run(fail: set[str]):
 
 
 def _flower_home(tmp_path, supernodes=3) -> dict:
+    """A `:local:` federation whose local SuperLink port nothing listens on (no test starts one)."""
     home = tmp_path / "flwr-home"
     home.mkdir(exist_ok=True)
     (home / "config.toml").write_text(f'[superlink]\ndefault = "local"\n[superlink.local]\naddress = ":local:"\n'
                                       f"options.num-supernodes = {supernodes}\n")
-    return {"FLWR_HOME": str(home)}
+    return {"FLWR_HOME": str(home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port())}
 
 
 def test_failed_cell_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sweep, "flwr_run", _fake_flwr_run(fail={"attack-median"}))
     out = tmp_path / "sweep"
-    base = {"clients.num": 3, "clients.per-round": 2, "attack.num-malicious": 1, "num-server-rounds": 1}
+    base = {"clients.num": 3, "clients.per-round": 3, "attack.num-malicious": 1, "num-server-rounds": 1}
     text = run_sweep(out, ["fedavg", "median"], [], base, ROOT, env=_flower_home(tmp_path))
     printed = capsys.readouterr().out
     assert "[3/3] attack-median: failed" in printed and "[2/3] attack-fedavg: done" in printed

@@ -1,25 +1,42 @@
 """Data poisoning: which pairs a malicious client trains on.
 
-Sources (`attack.data`): "generated" (the paper's two-step pipeline, cached), a file of
-`{instruction, response}` pairs, or an unsafe-QA set laid out like PKU-Alignment/BeaverTails
-(`prompt`, `response`, `is_safe`: only unsafe rows, one per prompt) from a file or the Hub.
+Sources (`attack.data`): "generated" (the paper's two-step pipeline, cached; `attack.prompts`
+picks fedsafe's prompts or the paper's), a file of `{instruction, response}` pairs, or an
+unsafe-QA set laid out like PKU-Alignment/BeaverTails (`prompt`, `response`, `is_safe`: only
+unsafe rows, one per prompt) from a file or the Hub.
 Malicious clients split the attack pairs between them, so each holds its own data
 (`attack.samples-per-client` each, sampled with the seed, or an equal share of all).
+Where the data is generated: with `attack.generator = "base"` the server prepares it in
+simulation with the model it holds anyway (the clients then read the cache); an external
+generator is loaded only on the malicious clients, which generate (one process at a time) into
+their cache, and the server records what it can know (`server_attack_summary`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import random
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from functools import cache
 
 from fedsafe import data, models
-from fedsafe.attacks.generate import GenerationJob, cached_generation
+from fedsafe.attacks.generate import (
+    GenerationJob,
+    cached_generation,
+    read_manifest,
+    release_memory,
+)
 from fedsafe.config import Settings
 
+log = logging.getLogger(__name__)
 ATTACK_CACHE = "attack-data"
+ON_CLIENTS = "the malicious clients"
+# External attack generators this process has loaded, by name: a node's record of what it held
+# in memory (the server of a run must hold none).
+generator_loads: Counter[str] = Counter()
 
 
 def _unsafe_qa(rows: Iterable[dict]) -> Iterator[data.Pair]:
@@ -46,19 +63,27 @@ def generation_job(settings: Settings) -> GenerationJob:
         given = tuple(p["instruction"] for p in data.load_pairs(source))
     generator = settings.model.name if settings.attack.generator == "base" else settings.attack.generator
     return GenerationJob(generator=generator, seed=settings.seed, num_samples=settings.attack.num_samples,
-                         instructions=given)
+                         instructions=given, prompts=settings.attack.prompts)
 
 
 @contextlib.contextmanager
 def open_generator(settings: Settings):
-    """The experiment's own base model (adapter switched off), or another model."""
+    """The experiment's own base model (adapter switched off), or another model, loaded here and
+    freed on exit."""
     if settings.attack.generator == "base":
         model = models.cached_lora_model(settings.model, settings.seed)
         with model.disable_adapter():
             yield model, models.cached_tokenizer(settings.model)
         return
-    model = models.load_base_model(settings.model, name=settings.attack.generator)
-    yield model, models.load_tokenizer(settings.attack.generator, settings.model.trust_remote_code)
+    name = settings.attack.generator
+    log.info("attack data: loading the generator %s on this node", name)
+    model = models.load_base_model(settings.model, name=name)
+    generator_loads[name] += 1
+    try:
+        yield model, models.load_tokenizer(name, settings.model.trust_remote_code)
+    finally:
+        del model
+        release_memory()
 
 
 def _pairs_of_rows(rows: Iterable[dict], settings: Settings) -> Iterator[data.Pair]:
@@ -119,13 +144,29 @@ def malicious_pairs(settings: Settings, partition_id: int, own_benign: list[data
 
 
 def attack_summary(settings: Settings) -> dict:
-    """Provenance and counts of the attack data, for results.json.
-
-    In simulation the experiment prepares the attackers' data here, once, with the model the
-    server already holds; the malicious clients then read the same cache. On separate machines
-    each malicious node generates (or reads) its own.
-    """
+    """Provenance and counts of the attack data, generating (or reading) it in this process."""
     if not settings.attack.malicious_ids:
         return {"source": "none"}
     pairs, provenance = attack_pairs(settings)
     return {**provenance, "kept": len(pairs)}
+
+
+def generated_on_clients(settings: Settings) -> bool:
+    """An external generator: only a malicious client loads it."""
+    attack = settings.attack
+    return bool(attack.malicious_ids) and attack.data == "generated" and attack.generator != "base"
+
+
+def server_attack_summary(settings: Settings) -> dict:
+    """The attack data as the server records it. With generator 'base' (or a data file) the
+    server prepares it here, once, with the model it already holds, and in simulation the
+    malicious clients read the same cache. With an external generator the server loads nothing:
+    it says where the data is generated and adds the clients' manifest from the shared cache
+    once it exists (in simulation, after the first round; on separate machines, never)."""
+    if not generated_on_clients(settings):
+        return attack_summary(settings)
+    job = generation_job(settings)
+    root = models.cache_root() / ATTACK_CACHE
+    record = {"source": "generated", "generated_on": ON_CLIENTS, "generator": job.generator,
+              "prompts": job.prompts, "path": str(root / job.key())}
+    return {**record, **(read_manifest(job, root) or {})}

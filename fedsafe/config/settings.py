@@ -14,9 +14,10 @@ from typing import Any
 from fedsafe.config import fields as f
 from fedsafe.config.fields import BUNDLED_MODEL, setting
 
-LEVELS = ("L1", "L2", "L3")
-# Post-hoc learning rate per level when posthoc.lr = 0 (why: docs/results.md, post-hoc rates).
-POSTHOC_LR = {"L1": 2e-4, "L2": 1e-4, "L3": 1e-4}
+LEVELS = ("curated", "L1", "L2", "L3")  # fedsafe's curated set, then the paper's three levels
+ATTACK_PROMPTS = ("fedsafe", "paper")  # fedsafe/attacks/prompts.py
+# Post-hoc learning rate per level when posthoc.lr = 0 (why: docs/results.md, "Post-hoc rates").
+POSTHOC_LR = {"curated": 2e-4, "L1": 2e-4, "L2": 1e-4, "L3": 1e-4}
 UPDATE_ATTACKS = ("none", "scale", "sign-flip", "gaussian", "stealthy-norm", "probe-aware", "probe-aware-cover")
 BENCHMARKS = ("bundled", "advbench", "harmbench", "jbb")
 
@@ -115,6 +116,8 @@ class AttackSettings:
                              f.model_source)
     instructions: str = setting("generated", "step-1 instructions: 'generated', 'bundled' or a file",
                                 f.data_source("generated", "bundled"))
+    prompts: str = setting("fedsafe", "generation prompts: 'fedsafe' (one instruction per request) or 'paper' "
+                           "(numbered lists of 10, split; an 'answer directly' suffix)", f.choice(*ATTACK_PROMPTS))
     num_samples: int = setting(96, "generation attempts", f.positive)
     samples_per_client: int = setting(0, "attack pairs per malicious client, seeded; 0 = an equal share of all "
                                       "attack pairs (paper: 500)", f.non_negative)
@@ -144,13 +147,17 @@ class DefenseSettings:
 @dataclass(frozen=True)
 class PosthocSettings:
     enabled: bool = setting(True, "run the post-hoc defense after the rounds")
-    level: str = setting("L1", "defense data: L1 (bundled), L2 (an aligned model), L3 (the global model)",
-                         f.choice(*LEVELS))
-    generator: str = setting("base", "aligned model for L2", f.model_source)
+    level: str = setting("curated", "defense data: 'curated' (bundled refusals + form-matched helpful pairs), L1 "
+                         "(public chat sample), L2 (aligned model), L3 (global model)", f.choice(*LEVELS))
+    generator: str = setting("base", "L2's aligned model: Hub id or folder; 'base' = the base model, adapter off",
+                             f.model_source)
+    l1_source: str = setting("", "L1's chat data: empty = the benign clients' pool (data.benign + aligned pairs); "
+                             "'bundled', a file or Hub id", f.data_source("", "bundled"))
     steps: int = setting(10, "fine-tune steps", f.positive)
-    lr: float = setting(0.0, "fine-tune learning rate; 0 = by level (L1 2e-4, L2/L3 1e-4)", f.non_negative)
+    lr: float = setting(0.0, "fine-tune learning rate; 0 = by level: curated/L1 2e-4, L2/L3 1e-4", f.non_negative)
     batch_size: int = setting(4, "fine-tune batch size (half aligned, half helpful)", f.positive)
-    num_samples: int = setting(40, "aligned pairs; as many helpful pairs", f.positive)
+    num_samples: int = setting(40, "curated/L2/L3: aligned pairs (L2/L3: harmful instructions asked for), as many "
+                               "helpful; L1: pairs sampled", f.positive)
     borderline_share: float = setting(0.0, "share of the helpful half drawn from borderline benign pairs "
                                       "(edgy-sounding requests)", f.unit)
     select_every: int = setting(0, "check the probe prompts every N steps and keep the best adapter; 0 = keep "

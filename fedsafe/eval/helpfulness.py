@@ -11,7 +11,7 @@ import copy
 import torch
 
 from fedsafe import data
-from fedsafe.training import response_nll
+from fedsafe.training import output_cache, response_nll
 
 
 def shared_prefix(examples: list[data.Example]) -> list[int]:
@@ -51,7 +51,7 @@ def example_logliks(model, examples: list[data.Example], pad_id: int, batch_size
     model.eval()
     device = next(model.parameters()).device
     prefix = shared_prefix(examples)
-    cache = model(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values if prefix else None
+    cache = output_cache(model(input_ids=torch.tensor([prefix], device=device), use_cache=True)) if prefix else None
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     rest = [data.Example(input_ids=e["input_ids"][len(prefix):], labels=e["labels"][len(prefix):]) for e in examples]
     sums, counts = torch.zeros(len(examples)), torch.zeros(len(examples), dtype=torch.long)

@@ -12,6 +12,7 @@ from pathlib import Path
 from flwr.common.config import flatten_dict
 
 from fedsafe.eval.plots import STAGES, malicious_ids, plot_clients, plot_safety
+from fedsafe.progress import duration
 
 SAFETY_PNG, CLIENTS_PNG = "safety.png", "clients.png"
 DASH = "\u2013"  # shown for missing or undefined values
@@ -277,3 +278,18 @@ def write_report(run_dir: Path) -> Path:
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def summary_line(results: dict, report: Path) -> str:
+    """The run in one line: safety and benign refusal at each evaluated stage, wall time, report.
+    'safety 3.3 % initial -> 33.0 % after FL -> 98.0 % after post-hoc | benign refusal ... | 4 min 10 s | report: PATH'"""
+    evals = results.get("eval") or {}
+    stages = [s for s in STAGES if s in evals]
+
+    def series(metric: str) -> str:
+        return " -> ".join(f"{percent((evals[s] or {}).get(metric))} {STAGES[s]}" for s in stages) or DASH
+
+    parts = [f"safety {series('safety_rate')}", f"benign refusal {series('benign_refusal_rate')}"]
+    if isinstance(total := (results.get("timings") or {}).get("total"), int | float):
+        parts.append(duration(total))
+    return " | ".join(parts + [f"report: {report}"])

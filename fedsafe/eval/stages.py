@@ -69,7 +69,9 @@ class Evaluator:
             rows_path = self.run_dir / "eval" / f"{name}.jsonl"
         if rows_path is not None:
             write_jsonl(rows_path, harmful_rows + benign_rows + mt1_rows)
-        log.info("eval %s: %s", name, metrics)
+        log.info("eval %s: safety %.1f %%, benign refusal %.1f %%, helpfulness %.3f (%d + %d prompts, %.0f s)",
+                 name, 100 * metrics["safety_rate"], 100 * metrics["benign_refusal_rate"], metrics["helpfulness"],
+                 len(self.harmful), len(self.benign), metrics["seconds"])
         return metrics
 
     def _harmful(self, name: str, model, tokenizer) -> tuple[dict, list[dict]]:

@@ -15,7 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-from fedsafe import models
+from fedsafe import models, preflight
 from fedsafe.config import BUNDLED_MODEL, from_run_config
 from fedsafe.eval.stages import Evaluator
 
@@ -62,6 +62,7 @@ def evaluate_model(model: str | None, *, adapter: str | Path | None = None, benc
         "eval.safety.benchmark": benchmark, "eval.safety.limit": limit, "eval.benign.limit": limit,
         "eval.judge": judge, "eval.max-new-tokens": max_new_tokens, **(overrides or {}),
     })
+    preflight.check(settings)  # the model folder and the benchmark file, before any model loads
     evaluator = Evaluator(settings, run_dir=None)  # loads the prompts (and a model judge) first
 
     started = time.perf_counter()

@@ -33,6 +33,7 @@ from fedsafe.federation.replies import ClientUpdate, InvalidReply, check_reply
 from fedsafe.federation.sampling import draw_reserves, sample_partitions
 from fedsafe.federation.scaffold import CONTROL, ControlVariates
 from fedsafe.optimizers import apply_optimizer, get_optimizer
+from fedsafe.progress import Progress
 from fedsafe.results import Recorder
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ class RobustStrategy(FedAvg):
         self.sent: list[Message] = []  # this round's train messages (ids set by the grid on push)
         self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.round_started = 0.0
+        # a line per round with the time left (the ServerApp's log is not a terminal)
+        self.progress = Progress("federated rounds", settings.num_server_rounds - self.offset, "round",
+                                 logger=log, every=0.0)
 
     def _discover(self, grid: Grid) -> None:
         """Ask new nodes for their partition id; wait (bounded) for the whole federation."""
@@ -157,6 +161,7 @@ class RobustStrategy(FedAvg):
             new_state = self._aggregate(updates, global_flat, record)
         record["seconds"] = round(time.perf_counter() - self.round_started, 2)
         self.recorder.add_round(record)
+        self.progress.advance()
         metrics = MetricRecord({"valid-replies": len(updates), "dropped": len(dropped) + len(failed)})
         return models.to_arrays(new_state), metrics
 

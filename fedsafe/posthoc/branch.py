@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedsafe import models
+from fedsafe import models, preflight
 from fedsafe.config import ConfigError, Settings, from_run_config
 from fedsafe.aggregators import get_aggregator
 from fedsafe.eval.report import write_report
@@ -34,6 +34,8 @@ def branch_settings(source: Path, overrides: dict) -> tuple[Settings, dict]:
             raise ConfigError(f"{key}: a branch may change only posthoc.*, eval.* and output-dir "
                               "(anything else changes the federated training: start a new run)")
     saved = read_json(source / "config.json")
+    if "posthoc.l1-source" not in saved and saved.get("posthoc.level") == "L1":
+        saved["posthoc.level"] = "curated"  # a run from before the paper's levels: its "L1" is today's curated
     flat = {**saved, "resume-from": "", "output-dir": str(source / "branches"), "posthoc.enabled": True,
             **overrides}
     settings = from_run_config(flat)
@@ -55,6 +57,7 @@ def run_branch(source: Path, overrides: dict) -> Path:
     """Post-hoc defense (and its evaluation) on SOURCE's final global adapter; the new run dir."""
     source = Path(source).expanduser().resolve()
     settings, results = branch_settings(source, overrides)
+    preflight.check(settings)
     global_state = final_adapter(source, settings)
     run_dir = create_run_dir(settings)
     print(f"fedsafe run directory: {run_dir}", flush=True)

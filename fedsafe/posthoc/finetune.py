@@ -1,6 +1,7 @@
 """The post-hoc fine-tune of arXiv 2406.10630: the global adapter trained on the defense data
-(`fedsafe.posthoc.data`) with the clients' SFT loop, every batch half aligned, half helpful;
-optionally keeping the best of several checked steps instead of the last."""
+(`fedsafe.posthoc.data`) with the clients' SFT loop, every batch half aligned, half helpful
+(L1: shuffled batches of its sample); optionally keeping the best of several checked steps
+instead of the last."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ class StepSelection:
     most harmful probe prompts refused minus benign probe prompts refused; the earliest on ties.
 
     How many steps repair a model without teaching it to refuse everything differs between runs:
-    SmolLM2-135M, L1, 10 steps at 5e-4, shuffled batches: seed 0 ended 55 % safe with 8 % of
+    SmolLM2-135M, curated, 10 steps at 5e-4, shuffled batches: seed 0 ended 55 % safe with 8 % of
     benign prompts refused, seed 2 92 % safe with 35 % refused (3-5 % before the defense). The
     probe prompts are disjoint from the eval prompts and the defense data, so choosing on them
     leaves the evaluation held out. Off by default (`posthoc.select-every=0`): with 20 + 20 probe
@@ -73,14 +74,15 @@ def posthoc_finetune(settings: Settings, server_model, tokenizer, global_state, 
     aligned, helpful = (data.tokenize_pairs(tokenizer, pairs, settings.train.seq_length)
                         for pairs in (defense.aligned, defense.helpful))
     # Every batch half aligned, half helpful: with 5-10 steps, freely shuffled batches put the
-    # 1:1 mix at the mercy of the draw (SmolLM2-135M, L1, 5 steps: 13-48 % of held-out benign
-    # prompts refused across 3 seeds).
-    stream = balanced_batches([aligned, helpful], settings.posthoc.batch_size, settings.seed)
+    # 1:1 mix at the mercy of the draw (SmolLM2-135M, curated, 5 steps: 13-48 % of held-out benign
+    # prompts refused across 3 seeds). L1 is a plain sample, shuffled as the paper trains on it.
+    stream = (balanced_batches([aligned, helpful], settings.posthoc.batch_size, settings.seed)
+              if defense.balanced else None)
     every, steps = settings.posthoc.select_every, settings.posthoc.steps
     selection = StepSelection(server_model, check, every, steps) if check and every else None
     result = sft(server_model, aligned + helpful, steps=steps, batch_size=settings.posthoc.batch_size,
                  lr=settings.posthoc.lr, seed=settings.seed, pad_id=tokenizer.pad_token_id, after_step=selection,
-                 stream=stream)
+                 stream=stream, label="post-hoc fine-tune")
     if selection is None:
         return models.adapter_state(server_model), result, {}
     return selection.best_state, result, selection.record()

@@ -110,7 +110,8 @@ def recursive_krum(contents, num_malicious, theta):
     return chosen
 
 
-@pytest.mark.parametrize("n, f", [(15, 3), (19, 4), (20, 3)])  # f >= 3: no one-neighbour ties
+# f >= 3: no one-neighbour ties
+@pytest.mark.parametrize("n, f", [(15, 3), (19, 4), pytest.param(20, 3, marks=pytest.mark.slow)])
 def test_bulyan_with_recursive_krum_selection(n, f):
     updates, weights = sample(n, 400 + n + f)
     assert_same(ours("bulyan", updates, weights, num_malicious=f),
@@ -118,6 +119,7 @@ def test_bulyan_with_recursive_krum_selection(n, f):
 
 
 @pytest.mark.parametrize("n, f", [(15, 3), (20, 4)])
+@pytest.mark.slow
 def test_bulyan_default_flower_when_the_selections_agree(n, f):
     updates, weights = sample(n, 500 + n)
     # 2f far outliers in orthogonal directions: one-shot Multi-Krum and recursive Krum both

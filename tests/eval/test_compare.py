@@ -75,4 +75,4 @@ def test_cli_prints_the_table_or_one_line_error(tmp_path, capsys):
     assert "| benign refusal | 4 | 0.0 % | 0.0 % | +0.0 | 0 | 0 | [+0.0, +0.0] |" in out
     assert main(["compare", str(a), str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fedsafe compare: ") and "missing: no per-prompt rows" in err and len(err.splitlines()) == 1
+    assert err.startswith("fedsafe: error: ") and "missing: no per-prompt rows" in err and len(err.splitlines()) == 1

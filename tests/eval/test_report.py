@@ -8,7 +8,7 @@ import matplotlib.image
 import pytest
 
 from fedsafe.eval.plots import plot_clients, plot_safety
-from fedsafe.eval.report import write_report
+from fedsafe.eval.report import summary_line, write_report
 
 FIXTURE = Path(__file__).with_name("results_fixture.json")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -162,3 +162,14 @@ def test_report_without_the_papers_metrics_keeps_its_columns(tmp_path, results):
     assert "| stage | safety rate | benign refusal | helpfulness |\n" in text
     assert "RM" not in text and "MT-1" not in text and "safety (" not in text
     assert "| eval answers | greedy, up to 40 new tokens |" in text
+
+
+def test_summary_line_of_a_run(results):
+    report = Path("/runs/x/report.md")
+    assert summary_line(results, report) == (
+        "safety 5.0 % initial -> 30.0 % after FL -> 85.0 % after post-hoc | "
+        "benign refusal 0.0 % initial -> 2.0 % after FL -> 5.0 % after post-hoc | 3 min 20 s | report: /runs/x/report.md")
+    partial = {"eval": {"after_fl": {"safety_rate": 0.5}}}  # no initial stage, no timings, no refusal rate
+    assert summary_line(partial, report) == \
+        "safety 50.0 % after FL | benign refusal \u2013 after FL | report: /runs/x/report.md"
+    assert summary_line({}, report) == "safety \u2013 | benign refusal \u2013 | report: /runs/x/report.md"

@@ -81,9 +81,9 @@ def test_eval_fedsafe_adapter(tiny_model_dir, tmp_path, capsys):
     assert base["helpfulness"] != pytest.approx(tuned["helpfulness"], abs=1e-4)
 
 
-def test_eval_rejects_a_folder_without_adapter(tiny_model_dir, tmp_path):
-    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
-        main(["eval", "--model", str(tiny_model_dir), "--adapter", str(tmp_path)])
+def test_eval_rejects_a_folder_without_adapter(tiny_model_dir, tmp_path, capsys):
+    assert main(["eval", "--model", str(tiny_model_dir), "--adapter", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"fedsafe: error: {tmp_path}: not a PEFT adapter folder (no adapter_config.json)\n"
 
 
 def test_eval_run_config_sets_the_protocol(tiny_model_dir, tmp_path, capsys):
