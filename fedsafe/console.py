@@ -32,11 +32,18 @@ STRATEGY_BLOCKS = (
     re.compile(r"fraction_evaluate is set to 0\.0\. Federated evaluation will be skipped"),
 )
 
+# Ray's note, when flwr starts it, about a default that changes in a later Ray (accelerator env vars
+# with num_gpus=0), and the source line Python prints under any warning.
+RAY_NOTES = (
+    re.compile(r"FutureWarning: Tip: In future versions of Ray, Ray will no longer override accelerator"),
+    re.compile(r"^\s*warnings\.warn\($"),
+)
+
 
 def dropped_lines(connection: dict) -> tuple[re.Pattern, ...]:
     """The patterns to drop for this SuperLink connection."""
     sized = "num-supernodes" in connection.get("options", {})
-    return STRATEGY_BLOCKS + (FEDERATION_SIZE_NOTES if sized else ())
+    return STRATEGY_BLOCKS + RAY_NOTES + (FEDERATION_SIZE_NOTES if sized else ())
 
 
 class Console:

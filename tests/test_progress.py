@@ -157,3 +157,13 @@ def test_console_without_a_terminal_keeps_progress_lines_and_unsized_notes():
     assert "fedsafe progress: after_fl harmful: 32/140 prompts, 3.2 prompts/s, 34 s left" in shown
     assert any("SuperNodes changed" in line for line in shown)  # the federation does not set its size
     assert "\r" not in term.getvalue()
+
+
+def test_console_drops_rays_accelerator_note_and_keeps_other_warnings():
+    term = io.StringIO()
+    console = Console(dropped_lines({"address": ":local:"}), stream=term, live=False)
+    for line in [".venv/lib/python3.11/site-packages/ray/_private/worker.py:2051: FutureWarning: Tip: In future "
+                 "versions of Ray, Ray will no longer override accelerator visible devices env var if num_gpus=0",
+                 "  warnings.warn(", "fedsafe/x.py:3: UserWarning: something of fedsafe's own"]:
+        console.line(line)
+    assert term.getvalue() == "fedsafe/x.py:3: UserWarning: something of fedsafe's own\n"
