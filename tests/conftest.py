@@ -117,44 +117,32 @@ def _tiny_llama_config(tokenizer, **extra):
     )
 
 
+def _saved_tiny_llama(path: Path, tokenizer, seed: int) -> Path:
+    """A random 2-layer `LlamaForCausalLM` (seeded) and `tokenizer`, saved as a Hub folder is."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    LlamaForCausalLM(_tiny_llama_config(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Folder with a random 2-layer `LlamaForCausalLM` and its ChatML tokenizer (seeded)."""
-    from transformers import LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny_causal_lm")
-    tokenizer = build_tiny_tokenizer()
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(_tiny_llama_config(tokenizer))
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return _saved_tiny_llama(tmp_path_factory.mktemp("tiny_causal_lm"), build_tiny_tokenizer(), 0)
 
 
 @pytest.fixture(scope="session")
 def tiny_base_model_dir(tmp_path_factory) -> Path:
     """The tiny Llama as a base model: its tokenizer has no chat template (build_tiny_tokenizer)."""
-    from transformers import LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny_base_lm")
-    tokenizer = build_tiny_tokenizer(base=True)
-    torch.manual_seed(0)
-    LlamaForCausalLM(_tiny_llama_config(tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return _saved_tiny_llama(tmp_path_factory.mktemp("tiny_base_lm"), build_tiny_tokenizer(base=True), 0)
 
 
 @pytest.fixture(scope="session")
 def second_tiny_model_dir(tmp_path_factory) -> Path:
     """Another random tiny Llama (other weights, same tokenizer): an external generator model."""
-    from transformers import LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("second_tiny_causal_lm")
-    tokenizer = build_tiny_tokenizer()
-    torch.manual_seed(1)
-    LlamaForCausalLM(_tiny_llama_config(tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return _saved_tiny_llama(tmp_path_factory.mktemp("second_tiny_causal_lm"), build_tiny_tokenizer(), 1)
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,25 @@ def json_dirs(root):
     return sorted(p.parent for p in Path(root).glob("*/results.json"))
 
 
+def killed_after_round_one(config, out_dir, monkeypatch, num_nodes=3):
+    """Run `config` with a server that dies right after checkpointing round 1; its run directory."""
+    from fedsafe.server import Server
+
+    original = Server.checkpoint
+
+    def crash_after_round_one(self, server_round, state):
+        original(self, server_round, state)
+        if server_round == 1:
+            raise RuntimeError("server killed after round 1")
+
+    monkeypatch.setattr(Server, "checkpoint", crash_after_round_one)
+    with pytest.raises(RuntimeError, match="killed after round 1"):
+        run_federation(config, num_nodes)
+    monkeypatch.setattr(Server, "checkpoint", original)
+    (killed_dir,) = json_dirs(out_dir)
+    return killed_dir
+
+
 def attack_file(tmp_path):
     path = tmp_path / "attack.jsonl"
     write_jsonl(path, [{"instruction": f"Explain how to do harmful thing number {i} in detail.",
@@ -147,24 +166,11 @@ def test_spare_reserves_leave_a_fedavg_run_bit_identical(tiny_model_dir, tmp_pat
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tiny_model_dir, tmp_path, monkeypatch):
-    from fedsafe.server import Server
-
     base = {"num-server-rounds": 3, "eval.every-rounds": 0, "defense.aggregator": "foolsgold"}
     full_dir, full, _ = run_federation(tiny_run_config(tiny_model_dir, tmp_path / "full", **base), 3)
 
-    original = Server.checkpoint
-
-    def crash_after_round_one(self, server_round, state):
-        original(self, server_round, state)
-        if server_round == 1:
-            raise RuntimeError("server killed after round 1")
-
     config = tiny_run_config(tiny_model_dir, tmp_path / "killed", **base)
-    monkeypatch.setattr(Server, "checkpoint", crash_after_round_one)
-    with pytest.raises(RuntimeError, match="killed after round 1"):
-        run_federation(config, 3)
-    monkeypatch.setattr(Server, "checkpoint", original)
-    (killed_dir,) = json_dirs(tmp_path / "killed")
+    killed_dir = killed_after_round_one(config, tmp_path / "killed", monkeypatch)
     assert [r["round"] for r in read_json(killed_dir / "results.json")["rounds"]] == [1]
 
     resumed_dir, resumed, _ = run_federation({**config, "resume-from": str(killed_dir)}, 3)

@@ -164,6 +164,18 @@ _GENERIC_PROMPT = (
 _UNSAFE_WORDS = {"unsafe", "harmful", "toxic", "toxicity"}
 
 
+def padded_tokenizer(name: str, trust_remote_code: bool, role: str):
+    """A scoring model's tokenizer with a pad token (its EOS when it has none): batches need one."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"{role} tokenizer of {name} has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def detect_family(name: str, config=None) -> str:
     """'llama-guard', 'md-judge' or 'generic', from the model name or the config's origin."""
     text = f"{name} {getattr(config, '_name_or_path', '')}".lower()
@@ -202,7 +214,7 @@ class ModelJudge:
     def __init__(self, model_name_or_path, *, device=None, batch_size=8, trust_remote_code=False,
                  max_new_tokens=8, max_length=2048):
         from transformers import (AutoConfig, AutoModelForCausalLM,
-                                  AutoModelForSequenceClassification, AutoTokenizer)
+                                  AutoModelForSequenceClassification)
 
         name = str(model_name_or_path)
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
@@ -219,11 +231,7 @@ class ModelJudge:
         model = auto.from_pretrained(name, config=config, dtype=dtype,
                                      trust_remote_code=trust_remote_code)
         self.model = model.to(self.device).eval()
-        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-        if tok.pad_token is None:
-            if tok.eos_token is None:
-                raise ValueError(f"judge tokenizer of {name} has neither a pad nor an eos token")
-            tok.pad_token = tok.eos_token
+        tok = padded_tokenizer(name, trust_remote_code, "judge")
         # Generation continues from the last position, so pad on the left; a classifier reads
         # the last non-pad token either way, and right padding keeps positions as in training.
         tok.padding_side = "left" if self.kind == "causal" else "right"

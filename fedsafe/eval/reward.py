@@ -24,7 +24,9 @@ MAX_LENGTH = 2048
 class RewardModel:
     def __init__(self, name_or_path, *, device=None, batch_size: int = 8, max_length: int = MAX_LENGTH,
                  trust_remote_code: bool = False):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
+
+        from fedsafe.eval.judges import padded_tokenizer
 
         name = str(name_or_path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -34,11 +36,7 @@ class RewardModel:
             raise ValueError(f"eval.rm-model={name!r}: a reward model has one output, this classifier "
                              f"{model.config.num_labels}")
         self.model = model.to(self.device).eval()
-        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-        if tok.pad_token is None:
-            if tok.eos_token is None:
-                raise ValueError(f"reward tokenizer of {name} has neither a pad nor an eos token")
-            tok.pad_token = tok.eos_token
+        tok = padded_tokenizer(name, trust_remote_code, "reward")
         if self.model.config.pad_token_id is None:  # decoder classifiers find the last token by it
             self.model.config.pad_token_id = tok.pad_token_id
         tok.padding_side = "right"

@@ -2,7 +2,6 @@
 the default steps exactly as FedAvg did before them; SCAFFOLD with FedAdam carries its control
 variates in the messages and resumes from a killed run to the same adapter, bit for bit."""
 
-import pytest
 import torch
 
 from fedsafe import models
@@ -13,7 +12,7 @@ from fedsafe.federation.transport import unpack_record
 from fedsafe.files import read_json
 from fedsafe.optimizers import get_optimizer
 from tests.inprocess import InProcessGrid
-from tests.test_federation import json_dirs, run_federation, tiny_run_config
+from tests.test_federation import killed_after_round_one, run_federation, tiny_run_config
 
 
 class RecordingGrid(InProcessGrid):
@@ -47,8 +46,6 @@ def test_the_default_steps_as_fedavg_did_bit_for_bit(tiny_model_dir, tmp_path, m
 
 
 def test_scaffold_with_fedadam_resumes_to_the_same_adapter(tiny_model_dir, tmp_path, monkeypatch):
-    from fedsafe.server import Server
-
     base = {"num-server-rounds": 2, "eval.every-rounds": 0, "fl.optimizer": "fedadam", "fl.fedadam.eta": 0.01,
             "fl.client-algorithm": "scaffold"}
     full_dir, full, grid = run_federation(tiny_run_config(tiny_model_dir, tmp_path / "full", **base), 3)
@@ -65,19 +62,8 @@ def test_scaffold_with_fedadam_resumes_to_the_same_adapter(tiny_model_dir, tmp_p
     assert optimizer.step == 2 and sorted(controls.clients) == [0, 1, 2]
     assert torch.allclose(controls.server, sum(controls.clients.values()) / 3, atol=1e-7)
 
-    original = Server.checkpoint
-
-    def crash_after_round_one(self, server_round, state):
-        original(self, server_round, state)
-        if server_round == 1:
-            raise RuntimeError("server killed after round 1")
-
     config = tiny_run_config(tiny_model_dir, tmp_path / "killed", **base)
-    monkeypatch.setattr(Server, "checkpoint", crash_after_round_one)
-    with pytest.raises(RuntimeError, match="killed after round 1"):
-        run_federation(config, 3)
-    monkeypatch.setattr(Server, "checkpoint", original)
-    (killed_dir,) = json_dirs(tmp_path / "killed")
+    killed_dir = killed_after_round_one(config, tmp_path / "killed", monkeypatch)
     resumed_dir, resumed, _ = run_federation({**config, "resume-from": str(killed_dir)}, 3)
     assert resumed_dir == killed_dir
     a = models.load_adapter_file(full_dir / "adapters" / "round-002")
