@@ -128,6 +128,8 @@ KEYS: dict[str, Key] = {
     "model.quantization": Key(int, 4, _choice(0, 4, 8), "4 = NF4 + double quant, 8, 0 = none"),
     "model.trust-remote-code": Key(bool, False, None, "passed to from_pretrained"),
     "model.gradient-checkpointing": Key(bool, False, None, "trade compute for memory"),
+    "model.server-dense": Key(bool, True, None, "the server runs 4-bit weights dequantized once (CPU only): "
+                              "the same numbers, faster, a dense model's memory; clients stay 4-bit"),
     "model.lora.r": Key(int, 16, _positive),
     "model.lora.alpha": Key(int, 32, _positive),
     "model.lora.dropout": Key(float, 0.05, _unit),
@@ -211,6 +213,7 @@ class ModelSettings:
     trust_remote_code: bool
     gradient_checkpointing: bool
     lora: LoraSettings
+    server_dense: bool = True
 
 
 @dataclass(frozen=True)
@@ -393,6 +396,7 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
             name=flat["model.name"], quantization=flat["model.quantization"],
             trust_remote_code=flat["model.trust-remote-code"],
             gradient_checkpointing=flat["model.gradient-checkpointing"], lora=lora,
+            server_dense=flat["model.server-dense"],
         ),
         train=TrainSettings(**_section(flat, "train.")),
         clients=ClientSettings(**_section(flat, "clients.")),

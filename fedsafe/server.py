@@ -36,9 +36,10 @@ class Server:
         resuming = bool(settings.resume_from) and (run_dir / "results.json").is_file()
         self.recorder = Recorder.load(run_dir, settings) if resuming else Recorder(run_dir, settings)
         started = time.perf_counter()
-        self.model = models.cached_lora_model(settings.model, settings.seed)
+        dense = models.server_dense(settings.model)
+        self.model = models.cached_lora_model(settings.model, settings.seed, dense)
         self.tokenizer = models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code)
-        self.initial_state = models.initial_adapter(settings.model, settings.seed)
+        self.initial_state = models.initial_adapter(settings.model, settings.seed, dense)
         self.recorder.add_timing("model_load", time.perf_counter() - started)
         self.evaluator = Evaluator(settings, run_dir)
         self.behaviour_probe = None

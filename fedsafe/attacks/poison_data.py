@@ -46,13 +46,15 @@ def generation_job(settings: Settings) -> GenerationJob:
 
 @contextlib.contextmanager
 def open_generator(settings: Settings):
-    """The experiment's own base model (adapter switched off), or another model."""
+    """The experiment's own base model (adapter switched off; the server's copy, which it
+    already holds when the server generates), or another model."""
     if settings.attack.generator == "base":
-        model = models.cached_lora_model(settings.model, settings.seed)
+        model = models.cached_lora_model(settings.model, settings.seed, models.server_dense(settings.model))
         with model.disable_adapter():
             yield model, models.cached_tokenizer(settings.model.name, settings.model.trust_remote_code)
         return
-    model = models.load_base_model(settings.model, name=settings.attack.generator)
+    model = models.load_base_model(settings.model, name=settings.attack.generator,
+                                   dense=models.server_dense(settings.model))
     yield model, models.load_tokenizer(settings.attack.generator, settings.model.trust_remote_code)
 
 

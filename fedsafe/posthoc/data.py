@@ -135,7 +135,8 @@ def _generator(settings: Settings, server_model, tokenizer):
         with server_model.disable_adapter():
             yield server_model, tokenizer
     else:
-        yield models.load_base_model(settings.model, name=name), models.load_tokenizer(name)
+        yield (models.load_base_model(settings.model, name=name, dense=models.server_dense(settings.model)),
+               models.load_tokenizer(name))
 
 
 def build_defense_data(settings: Settings, server_model, tokenizer, judge, eval_prompts: list[str]) -> DefenseData:
