@@ -183,6 +183,8 @@ KEYS: dict[str, Key] = {
     "eval.benign.limit": Key(int, 0, _non_negative, "0 = all held-out benign prompts"),
     "eval.initial": Key(bool, True, None, "evaluate the base model first (the same in every run of "
                         "one model: a sweep does it once)"),
+    "eval.initial-cache": Key(bool, True, None, "reuse the initial evaluation from the fedsafe cache, keyed by "
+                              "model, prompts, generation settings, judge and code"),
     "eval.every-rounds": Key(int, 0, _non_negative, "safety probe cadence; 0 = off"),
     "eval.probe-size": Key(int, 20, _positive),
     "eval.judge": Key(str, "rule", None, "'rule' or a judge model id/folder"),
@@ -296,6 +298,7 @@ class EvalSettings:
     helpfulness_url: str
     helpfulness_model: str
     helpfulness_api_key_env: str
+    initial_cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -418,7 +421,7 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
             every_rounds=flat["eval.every-rounds"], probe_size=flat["eval.probe-size"], judge=flat["eval.judge"],
             max_new_tokens=flat["eval.max-new-tokens"], batch_size=flat["eval.batch-size"],
             helpfulness_url=flat["eval.helpfulness.url"], helpfulness_model=flat["eval.helpfulness.model"],
-            helpfulness_api_key_env=flat["eval.helpfulness.api-key-env"],
+            helpfulness_api_key_env=flat["eval.helpfulness.api-key-env"], initial_cache=flat["eval.initial-cache"],
         ),
         flat=flat,
     )
