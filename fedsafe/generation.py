@@ -86,7 +86,7 @@ def generate(model, tokenizer, instructions: list[str], settings: GenerationSett
     torch.manual_seed(settings.seed)
     sampling = settings.temperature > 0
     extra = {"temperature": settings.temperature, "top_p": settings.top_p} if sampling else {}
-    prefix = shared_prefix(tokens) if settings.share_prefix else []
+    prefix = shared_prefix(tokens) if settings.share_prefix and len(tokens) > 1 else []
     cache = model(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values if prefix else None
     try:
         for start in range(0, len(order), settings.batch_size):
