@@ -1,37 +1,38 @@
-"""Batched generation vs one prompt at a time, in new tokens per second.
+"""New tokens per second of fedsafe's generation against the path of main before issue #24, in
+one run, on the same prompts. Target: >= 3x, with the same greedy answers.
 
     python bench/generation.py                 # 64 prompts, 32 new tokens, batch 32, 3 repeats
     python bench/generation.py --quick         # 16 prompts, 16 new tokens, 1 repeat
-    python bench/generation.py --prompts 64 --repeats 5 --batch-size 64 --profile
+    python bench/generation.py --single 8      # also 8 prompts one at a time
+    python bench/generation.py --adapter RUN_DIR/adapters/round-007 --threads 1
+    python bench/generation.py --model tiny    # the tests' tiny random Llama: a quick check
 
-The model is the default experiment's: bundled SmolLM2-135M-Instruct, 4-bit NF4 + LoRA
-(`cached_lora_model(from_run_config({}).model, 0)`), greedy, through `fedsafe.generation.generate`
-(the path attacks, post-hoc and evaluation use). Prompts are the bundled held-out harmful and
-benign eval instructions, alternating. Each mode is timed `--repeats` times after one warmup
-call; reported: median seconds and new tokens/s (non-pad tokens after the prompt, counted by
-`GenerationStats`), and the ratio batched / one-at-a-time. Target: >= 5x.
-
-`--profile` also times single forward passes (a prefill, then one-token decode steps with a
-KV cache) at batch 1 and at the batch size: it shows where batching stops paying off.
-
-What it measured on a 2-core CPU (bitsandbytes 0.50, torch 2.13): a 4-bit CPU linear layer
-dequantizes its whole weight to fp32 on every call (~0.5 ms per layer, 210 layers), whatever the
-batch, so a batch amortizes it; that is where the speed-up comes from. On a CPU shared with
-other busy processes, 2 torch threads made every op wait for a descheduled worker thread (a
-decode step 20x slower than with 1 thread): run it on a quiet machine, or with `--threads 1`.
+Paths, all through `fedsafe.generation.generate`, greedy, the default experiment's model
+(bundled SmolLM2-135M-Instruct, 4-bit NF4 + LoRA with the initial adapter unless `--adapter`):
+- `main`: the 4-bit model as the clients hold it, prompts left-padded whole (`share_prefix=False`),
+  which is what the server ran before.
+- `dense`: the server's copy (4-bit layers dequantized once, fedsafe/dense.py), same layout.
+- `fedsafe`: the dense copy with the prompts' shared first tokens run once (the default).
+Each path runs once untimed, then `--repeats` times, the paths taking turns so a change in the
+machine's load hits all of them; reported are median wall and CPU seconds (process time over all
+threads: on a shared CPU it moves less than wall time) and new tokens per second of each, the
+ratios against `main`, and how many answers equal `main`'s word for word.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, run as script or module
-from common import report, timeit  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import machine, report, tiny_model  # noqa: E402
 
-TARGET = 5.0
+TARGET = 3.0
 
 
 def prompts(n: int) -> list[str]:
@@ -43,54 +44,50 @@ def prompts(n: int) -> list[str]:
     return [mixed[i % len(mixed)] for i in range(n)]
 
 
-def measure(model, tokenizer, texts: list[str], batch_size: int, max_new_tokens: int, repeats: int) -> dict:
+def paths(settings, adapter: Path | None) -> dict:
+    """name -> (model, share_prefix), every model with the same adapter."""
+    from fedsafe import models
+
+    quantized = models.cached_lora_model(settings.model, settings.seed)
+    dense = models.cached_lora_model(settings.model, settings.seed, dense=True)
+    state = models.load_adapter_file(adapter) if adapter else models.initial_adapter(settings.model, settings.seed)
+    for model in (quantized, dense):
+        models.set_adapter_state(model, state)
+    return {"main": (quantized, False), "dense": (dense, False), "fedsafe": (dense, True)}
+
+
+def measure(runs: dict, tokenizer, texts: list[str], batch_size: int, new_tokens: int, repeats: int) -> dict:
+    """name -> {wall_s, cpu_s, new_tokens, answers}: medians over `repeats` turns."""
     from fedsafe.generation import GenerationSettings, GenerationStats, generate
 
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
-    stats = GenerationStats()
-    seconds = timeit(lambda: generate(model, tokenizer, texts, settings, stats=stats), repeats=repeats, warmup=0)
-    tokens = stats.new_tokens / repeats  # greedy: the same answers every repeat
-    return {"seconds": seconds, "new_tokens": tokens, "tokens_per_second": tokens / seconds}
-
-
-def profile_steps(model, tokenizer, texts: list[str], batch_size: int, steps: int = 8) -> list[list]:
-    """Median ms of one prefill and of one cached decode step, at batch 1 and at `batch_size`.
-    The prefill computes logits at every position (generate keeps only the last): an upper bound."""
-    import torch
-
-    from fedsafe.data import chat_prompt
-
-    rows = []
-    for b in (1, batch_size):
-        tokenizer.padding_side = "left"
-        enc = tokenizer([chat_prompt(tokenizer, t) for t in texts[:b]], return_tensors="pt", padding=True,
-                        add_special_tokens=False)
-        with torch.no_grad():
-            prefill = timeit(lambda: model(**enc, use_cache=True), repeats=3)
-            out = model(**enc, use_cache=True)
-            cache, mask = out.past_key_values, enc["attention_mask"]
-            token = out.logits[:, -1:].argmax(-1)  # (b, 1)
-            times = []
-            for _ in range(steps):
-                mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-                start = time.perf_counter()
-                out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
-                times.append(time.perf_counter() - start)
-                cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        decode = sorted(times)[len(times) // 2]
-        rows.append([f"forward b={b}", b, enc["input_ids"].shape[1], 1e3 * prefill, 1e3 * decode,
-                     b / decode])
-    return rows
+    times = {name: ([], []) for name in runs}
+    out = {}
+    for turn in range(repeats + 1):  # turn 0: untimed warmup of every path
+        for name, (model, share) in runs.items():
+            settings = GenerationSettings(max_new_tokens=new_tokens, batch_size=batch_size, share_prefix=share)
+            stats = GenerationStats()
+            wall, cpu = time.perf_counter(), time.process_time()
+            answers = generate(model, tokenizer, texts, settings, stats=stats)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            if turn:
+                times[name][0].append(wall)
+                times[name][1].append(cpu)
+            out[name] = {"new_tokens": stats.new_tokens, "answers": answers}
+    for name, (walls, cpus) in times.items():
+        out[name].update(wall_s=statistics.median(walls), cpu_s=statistics.median(cpus))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--single", type=int, default=0, help="also this many prompts one at a time")
     parser.add_argument("--quick", action="store_true", help="16 prompts, 16 new tokens, 1 repeat")
-    parser.add_argument("--profile", action="store_true", help="also time prefill and decode steps")
+    parser.add_argument("--adapter", type=Path, default=None, help="a PEFT adapter folder of a run")
+    parser.add_argument("--model", choices=("bundled", "tiny"), default="bundled")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -100,37 +97,44 @@ def main(argv: list[str] | None = None) -> int:
 
     from fedsafe import models
     from fedsafe.config import from_run_config
-    from fedsafe.generation import GenerationSettings, generate
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = from_run_config({})
+    before = machine()
+    overrides = {}
+    if args.model == "tiny":
+        folder = tiny_model(Path(tempfile.mkdtemp(prefix="fedsafe-bench-tiny-")))
+        overrides = {"model.name": str(folder), "model.lora.target-modules": "q_proj,v_proj", "model.lora.r": 4}
+    settings = from_run_config(overrides, check_aggregator=False)
     started = time.perf_counter()
-    model = models.cached_lora_model(settings.model, 0)
+    runs = paths(settings, args.adapter)
     tokenizer = models.cached_tokenizer(settings.model)
     load = time.perf_counter() - started
-    texts = prompts(args.prompts)
-    generate(model, tokenizer, texts[:4], GenerationSettings(max_new_tokens=4, batch_size=4))  # warmup
 
-    batched = measure(model, tokenizer, texts, args.batch_size, args.max_new_tokens, args.repeats)
-    single = measure(model, tokenizer, texts, 1, args.max_new_tokens, args.repeats)
-    ratio = batched["tokens_per_second"] / single["tokens_per_second"]
-    header = ["mode", "batch size", "prompts", "new tokens", "median s", "tokens/s"]
-    rows = [[name, b, args.prompts, round(m["new_tokens"]), m["seconds"], m["tokens_per_second"]]
-            for name, b, m in (("batched", args.batch_size, batched), ("one at a time", 1, single))]
-    report_rows = rows
-    if args.profile:
-        print("per forward pass (ms): mode, batch, prompt tokens, prefill, decode step, decode tokens/s")
-        for row in profile_steps(model, tokenizer, texts, args.batch_size):
-            print("  " + "  ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in row))
-    print(f"model load {load:.1f} s; {args.prompts} prompts x {args.max_new_tokens} new tokens max; "
-          f"torch threads {torch.get_num_threads()}; device {models.device()}; "
-          f"ratio batched / one at a time: {ratio:.2f}x (target >= {TARGET:.0f}x)")
-    report("generation", header, report_rows, {
-        "prompts": args.prompts, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-        "repeats": args.repeats, "batched_tokens_per_s": round(batched["tokens_per_second"], 2),
-        "single_tokens_per_s": round(single["tokens_per_second"], 2), "ratio": round(ratio, 2),
-        "target": TARGET, "met": ratio >= TARGET,
+    shapes = [("batched", args.prompts, args.batch_size)] + ([("one at a time", args.single, 1)] if args.single else [])
+    rows, figures = [], {}
+    for mode, n, batch in shapes:
+        result = measure(runs, tokenizer, prompts(n), batch, args.max_new_tokens, args.repeats)
+        base = result["main"]
+        for name, m in result.items():
+            same = sum(a == b for a, b in zip(m["answers"], base["answers"]))
+            rows.append([mode, name, batch, m["new_tokens"], m["wall_s"], m["new_tokens"] / m["wall_s"],
+                         base["wall_s"] / m["wall_s"], m["cpu_s"], base["cpu_s"] / m["cpu_s"], f"{same}/{n}"])
+            figures.setdefault(mode.replace(" ", "_"), {})[name] = {
+                "tokens_per_s": round(m["new_tokens"] / m["wall_s"], 2), "wall_s": round(m["wall_s"], 2),
+                "cpu_s": round(m["cpu_s"], 2), "ratio_wall": round(base["wall_s"] / m["wall_s"], 2),
+                "ratio_cpu": round(base["cpu_s"] / m["cpu_s"], 2), "same_answers": same, "prompts": n}
+    ratio = figures["batched"]["fedsafe"]["ratio_wall"]
+    after = machine()
+    print(f"model {args.model} (load {load:.1f} s); {args.max_new_tokens} new tokens max; torch threads "
+          f"{torch.get_num_threads()}; {before['cores']} cores, load {before['load_1m']} -> {after['load_1m']}; "
+          f"batched fedsafe / main: {ratio:.2f}x wall, {figures['batched']['fedsafe']['ratio_cpu']:.2f}x CPU "
+          f"(target >= {TARGET:.0f}x)")
+    report("generation", ["mode", "path", "batch", "new tokens", "wall s", "tokens/s", "x main", "CPU s",
+                          "x main CPU", "same as main"], rows, {
+        **figures, "model": args.model, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
+        "threads": torch.get_num_threads(), "machine": before, "load_after": after["load_1m"],
+        "ratio": ratio, "target": TARGET, "met": ratio >= TARGET,
     })
     return 0
 

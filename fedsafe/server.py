@@ -19,6 +19,8 @@ from fedsafe.config import Settings
 from fedsafe.posthoc.data import build_defense_data
 from fedsafe.posthoc.finetune import posthoc_finetune
 from fedsafe.federation.probe import BehaviourProbe, compliant_pairs, probe_pairs, selection_prompts
+from fedsafe.eval.cache import STAGE as INITIAL
+from fedsafe.eval.cache import initial_stage
 from fedsafe.eval.stages import Evaluator
 from fedsafe.results import Recorder
 
@@ -38,9 +40,10 @@ class Server:
         resuming = bool(settings.resume_from) and (run_dir / "results.json").is_file()
         self.recorder = Recorder.load(run_dir, settings) if resuming else Recorder(run_dir, settings)
         started = time.perf_counter()
-        self.model = models.cached_lora_model(settings.model, settings.seed)
+        dense = models.server_dense(settings.model)
+        self.model = models.cached_lora_model(settings.model, settings.seed, dense)
         self.tokenizer = models.cached_tokenizer(settings.model)
-        self.initial_state = models.initial_adapter(settings.model, settings.seed)
+        self.initial_state = models.initial_adapter(settings.model, settings.seed, dense)
         self.recorder.add_timing("model_load", time.perf_counter() - started)
         self.evaluator = Evaluator(settings, run_dir)
         self.behaviour_probe = None
@@ -58,7 +61,10 @@ class Server:
     def evaluate(self, stage: str, state: dict[str, torch.Tensor]) -> dict:
         models.set_adapter_state(self.model, state)
         started = time.perf_counter()
-        metrics = self.evaluator.stage(stage, self.model, self.tokenizer)
+        if stage == INITIAL and self.settings.eval.initial_cache:
+            metrics = initial_stage(self.settings, self.evaluator, self.model, self.tokenizer, state, self.run_dir)
+        else:
+            metrics = self.evaluator.stage(stage, self.model, self.tokenizer)
         self.recorder.set_eval(stage, metrics)
         self.recorder.add_timing("eval", time.perf_counter() - started)
         return metrics

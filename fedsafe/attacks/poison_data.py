@@ -71,7 +71,7 @@ def open_generator(settings: Settings):
     """The experiment's own base model (adapter switched off), or another model, loaded here and
     freed on exit."""
     if settings.attack.generator == "base":
-        model = models.cached_lora_model(settings.model, settings.seed)
+        model = models.cached_lora_model(settings.model, settings.seed, models.server_dense(settings.model))
         with model.disable_adapter():
             yield model, models.cached_tokenizer(settings.model)
         return

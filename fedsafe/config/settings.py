@@ -37,6 +37,8 @@ class ModelSettings:
     quantization: int = setting(4, "4 = NF4 + double quantization, 8 = int8, 0 = none", f.choice(0, 4, 8))
     trust_remote_code: bool = setting(False, "passed to from_pretrained")
     gradient_checkpointing: bool = setting(False, "trade compute for memory")
+    server_dense: bool = setting(True, "the server runs 4-bit weights dequantized once (CPU only): the same "
+                                 "numbers, faster, a dense model's memory; clients stay 4-bit")
     template: str = setting("auto", "prompt template: 'auto' (the tokenizer's chat template, else alpaca), 'chat' "
                             "(the tokenizer's, required), 'alpaca' (the paper's, for base models), or a Jinja "
                             "chat-template file", f.template)
@@ -199,6 +201,8 @@ class EvalSettings:
     benign: BenignEvalSettings = field(default_factory=BenignEvalSettings)
     initial: bool = setting(True, "evaluate the base model first (the same in every run of one model: a sweep "
                             "does it once)")
+    initial_cache: bool = setting(True, "reuse the initial evaluation from the fedsafe cache, keyed by model, "
+                                  "prompts, generation settings, judge and code")
     every_rounds: int = setting(0, "safety probe cadence in rounds; 0 = off", f.non_negative)
     probe_size: int = setting(20, "harmful prompts of the per-round safety probe", f.positive)
     judge: str = setting("rule", "safety judge: 'rule' (fedsafe's refusal phrases), 'paper-rule' (the paper's) "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fedsafe import models, preflight
 from fedsafe.config import BUNDLED_MODEL, from_run_config
+from fedsafe.dense import dequantize_4bit_layers
 from fedsafe.eval.stages import Evaluator
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ def evaluate_model(model: str | None, *, adapter: str | Path | None = None, benc
         from peft import PeftModel
 
         network = PeftModel.from_pretrained(network, str(adapter_dir))
+    if models.server_dense(settings.model):  # after the adapter: its layers wrap the 4-bit ones, as in a run
+        dequantize_4bit_layers(network)
     network.eval()
     load_seconds = time.perf_counter() - started
 

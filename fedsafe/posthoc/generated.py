@@ -40,7 +40,7 @@ def defense_generator(settings: Settings, server_model, tokenizer):
         with server_model.disable_adapter():
             yield server_model, tokenizer
     else:
-        model = models.load_base_model(settings.model, name=name)
+        model = models.load_base_model(settings.model, name=name, dense=models.server_dense(settings.model))
         try:
             yield model, models.load_tokenizer(name, settings.model.trust_remote_code)
         finally:
