@@ -65,12 +65,19 @@ class LocalSuperLink:
         if busy := self.flwr.active_runs():
             say(f"leaving the local SuperLink (PID {which}) running: {len(busy)} run(s) still active on it")
             return
+        # Its children too: the simulation it runs (the ServerApp, Ray and its workers) lives on
+        # after `flwr stop` and after the SuperLink itself, holding the cores.
+        tree = []
         for pid in pids:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc = psutil.Process(pid)
+                tree += [proc, *proc.children(recursive=True)]
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.terminate()
-                try:
-                    proc.wait(timeout=GRACE_SECONDS)
-                except psutil.TimeoutExpired:
-                    proc.kill()
-        say(f"stopped the local SuperLink this command started (PID {which})")
+        _, alive = psutil.wait_procs(tree, timeout=GRACE_SECONDS)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        children = f" and the {len(tree) - len(pids)} processes it ran (the simulation, Ray)" if len(tree) > len(pids) else ""
+        say(f"stopped the local SuperLink this command started (PID {which}){children}")

@@ -61,7 +61,13 @@ def fake(tmp_path):
     """(env, fake flwr CLI, folder of its records) for a `:local:` federation in tmp_path."""
     d = tmp_path / "fake"
     d.mkdir()
-    _script(d / "flower-superlink", "import time\ntime.sleep(600)\n")
+    # Like a real SuperLink, it runs a child (the simulation); its PID goes to LOG.<pid>.child.
+    _script(d / "flower-superlink", "import os, subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+            "log = sys.argv[sys.argv.index('--log-file') + 1]\n"
+            "os.makedirs(os.path.dirname(log), exist_ok=True)\n"
+            "open(f'{log}.{os.getpid()}.child', 'w').write(str(child.pid))\n"
+            "time.sleep(600)\n")
     flwr = _script(d / "flwr", FAKE_FLWR)
     home = tmp_path / "flwr-home"
     home.mkdir()
@@ -76,6 +82,11 @@ def fake(tmp_path):
                 proc = psutil.Process(int((d / name).read_text()))
                 if str(d) in " ".join(proc.cmdline()):
                     proc.kill()
+    for record in tmp_path.rglob("superlink.log.*.child"):  # the fake SuperLinks' children, by PID
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(int(record.read_text()))
+            if "time.sleep(600)" in " ".join(proc.cmdline()):
+                proc.kill()
 
 
 def _superlink(d: Path, log_file: Path) -> subprocess.Popen:
@@ -130,6 +141,8 @@ def test_sigterm_stops_the_run_and_the_local_superlink_it_started(fake, tmp_path
         assert (d / "stopped").read_text() == "42"  # flwr stop 42
         assert _gone(int((d / "run.pid").read_text()))  # flwr run itself
         assert _gone(started), out  # the SuperLink `flwr run` started, by PID
+        child = int(_wait_for(home / "local-superlink" / f"superlink.log.{started}.child", 30))
+        assert _gone(child), out  # and the simulation it ran
         assert before.poll() is None and other.poll() is None  # nobody else's
         assert "SIGTERM: stopping run 42 (flwr stop 42)" in out and f"(PID {started})" in out
         assert "fedsafe: stopped by SIGTERM" in out and "Traceback" not in out
