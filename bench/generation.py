@@ -72,6 +72,8 @@ def measure(runs: dict, tokenizer, texts: list[str], batch_size: int, new_tokens
             if turn:
                 times[name][0].append(wall)
                 times[name][1].append(cpu)
+            print(f"# batch {batch_size} turn {turn} {name}: {stats.new_tokens} new tokens, {wall:.1f} s wall, "
+                  f"{cpu:.1f} s CPU", file=sys.stderr, flush=True)
             out[name] = {"new_tokens": stats.new_tokens, "answers": answers}
     for name, (walls, cpus) in times.items():
         out[name].update(wall_s=statistics.median(walls), cpu_s=statistics.median(cpus))

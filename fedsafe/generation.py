@@ -2,7 +2,7 @@
 
 Prompts are sorted by length before batching so a batch wastes little padding, and answers are
 returned in the caller's order. The tokens every prompt starts with (the chat template's system
-turn, often more than half of a short prompt) run through the model once per call; their
+turn, a large part of a short prompt) run through the model once per call; their
 key/value cache then serves every batch, laid out as `prefix | left padding | own tokens`, with
 positions counted over the unpadded tokens as before. The answers are those of the unshared
 layout up to float rounding (the same prefix keys, computed in a smaller matmul): identical
