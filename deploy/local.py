@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -28,7 +27,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
-RUN_DIR_LINE = re.compile(r"fedsafe run directory: (\S+)")
 
 
 def free_port() -> int:
@@ -262,6 +260,8 @@ class LocalFederation:
             finally:
                 timer.cancel()
                 _kill_group(proc.pid)  # `flwr run` is done; nothing of it may linger
+        from fedsafe.check_run import RUN_DIR_LINE
+
         text = "".join(lines)
         found = RUN_DIR_LINE.findall(text)
         return text, Path(found[-1]) if found else None
@@ -321,14 +321,14 @@ def main(argv: list[str] | None = None) -> int:
         _, run_dir = fed.run(config, timeout=7 * 24 * 3600, echo=True)
     finally:
         fed.stop()
-    from fedsafe.check_run import problems, summary
+    from fedsafe.check_run import judge
 
     if run_dir is None:
         print(f"FAILED: the run printed no run directory; logs in {root}")
         return 1
-    found = problems(run_dir)
-    print(f"FAILED: {run_dir}\n  " + "\n  ".join(found) if found else summary(run_dir))
-    return 1 if found else 0
+    code, line = judge(run_dir, str(root))
+    print(line)
+    return code
 
 
 if __name__ == "__main__":

@@ -29,7 +29,13 @@ def problems(run_dir: Path) -> list[str]:
     results_path = run_dir / "results.json"
     if not results_path.is_file():
         return [f"{results_path} is missing"]
-    results = read_json(results_path)
+    try:
+        return _missing(run_dir, read_json(results_path))
+    except (KeyError, TypeError, ValueError, OSError) as err:  # a half-written or foreign results.json
+        return [f"{results_path} is unreadable: {err!r}"]
+
+
+def _missing(run_dir: Path, results: dict) -> list[str]:
     config = results["config"]
     found = []
     rounds = config["num-server-rounds"]
@@ -53,7 +59,11 @@ def verdict(text: str, where: str) -> tuple[int, str]:
         errors = ERROR_LINE.findall(text)
         why = errors[-1].strip() if errors else "the ServerApp failed before starting"
         return 1, f"FAILED: the run printed no run directory: {why} (see {where})"
-    run_dir = Path(found[-1])
+    return judge(Path(found[-1]), where)
+
+
+def judge(run_dir: Path, where: str) -> tuple[int, str]:
+    """(exit code, one line or a FAILED list) for a run directory; `where` names its log."""
     missing = problems(run_dir)
     if missing:
         return 1, f"FAILED: {run_dir}\n  " + "\n  ".join(missing) + f"\n  (see {where})"
@@ -66,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip().splitlines()[-1], file=sys.stderr)
         return 2
     path = Path(argv[0])
-    text = f"fedsafe run directory: {path}" if path.is_dir() else path.read_text(errors="replace")
-    code, line = verdict(text, str(path))
+    code, line = judge(path, str(path)) if path.is_dir() else verdict(path.read_text(errors="replace"), str(path))
     print(line)
     return code
 

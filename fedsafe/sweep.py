@@ -109,18 +109,11 @@ def to_toml(flat: dict) -> str:
     return "".join(f'"{k}" = {_toml_value(v)}\n' for k, v in flat.items())
 
 
-def _problems(run: Path) -> list[str]:
-    try:
-        return problems(run)
-    except (KeyError, TypeError, ValueError, OSError) as err:  # a half-written or foreign results.json
-        return [f"{run / 'results.json'} is unreadable: {err!r}"]
-
-
 def complete_run(cell_dir: Path, config: dict) -> Path | None:
     """The newest run under `cell_dir` that is complete and was made with `config`."""
     runs = sorted((p.parent for p in cell_dir.glob("*/results.json")), key=lambda p: p.stat().st_mtime)
     for run in reversed(runs):
-        if _problems(run):
+        if problems(run):
             continue
         done = read_json(run / "results.json")["config"]
         if all(done.get(k) == v for k, v in config.items() if k not in IGNORED):
@@ -262,7 +255,7 @@ def _run_cell(cell: Cell, cell_overrides: dict, config: dict, cell_dir: Path, pr
         finished = flwr_run(flwr, app, cell_dir / "cell.toml", log, timeout)
     seconds = time.perf_counter() - started
     run = run_dir_from(log)
-    found = _problems(run) if run else ["no run directory printed (the ServerApp failed early)"]
+    found = problems(run) if run else ["no run directory printed (the ServerApp failed early)"]
     status = "done" if not found else ("failed" if finished else "timeout")
     if status != "done":
         found = found + [f"see {log}"]

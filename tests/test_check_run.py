@@ -44,3 +44,20 @@ def test_a_failed_run_says_why(tmp_path, capsys):
     log.write_text(f"fedsafe run directory: {run}\n")
     assert check_run.main([str(log)]) == 1
     assert "report.md is missing" in capsys.readouterr().out
+
+
+def test_a_half_written_results_file_is_a_failed_run_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "results.json").write_text("{}")  # no config yet
+    assert check_run.main([str(tmp_path)]) == 1
+    assert "results.json is unreadable: KeyError('config')" in capsys.readouterr().out
+
+
+def test_deploy_local_imports_only_what_check_run_has():
+    """deploy/local.py imports check_run inside main(), after the federation ran: a missing name
+    would fail only then."""
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "deploy" / "local.py").read_text())
+    names = [a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+             and node.module == "fedsafe.check_run" for a in node.names]
+    assert names and all(hasattr(check_run, n) for n in names)
