@@ -11,7 +11,6 @@ greedy answers unless two tokens tie to within it (tests/test_generation.py pins
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch
 
 from fedsafe.data import chat_prompt
 from fedsafe.progress import Progress
+from fedsafe.training import cache_argument, output_cache, repeated_cache
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +89,13 @@ def generate(model, tokenizer, instructions: list[str], settings: GenerationSett
     extra = {"temperature": settings.temperature, "top_p": settings.top_p} if sampling else {}
     progress = Progress(label, len(order), "prompt", logger=log)
     prefix = shared_prefix(tokens) if settings.share_prefix and len(tokens) > 1 else []
-    cache = model(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values if prefix else None
+    cache = output_cache(model(input_ids=torch.tensor([prefix], device=device), use_cache=True)) if prefix else None
     try:
         for start in range(0, len(order), settings.batch_size):
             idx = order[start:start + settings.batch_size]
             ids, mask = left_padded(prefix, [tokens[i][len(prefix):] for i in idx], tokenizer.pad_token_id)
             if cache is not None:
-                past = copy.deepcopy(cache)
-                past.batch_repeat_interleave(len(idx))
-                extra["past_key_values"] = past
+                extra[cache_argument(model)] = repeated_cache(cache, len(idx))
             out = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=settings.max_new_tokens,
                 do_sample=sampling, pad_token_id=tokenizer.pad_token_id, **extra,

@@ -7,6 +7,7 @@ Loss covers response tokens only, and the LM head runs only from the first respo
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import random
@@ -44,6 +45,13 @@ def output_cache(output):
     """The key/value cache of a forward output, under either name (see `cache_argument`)."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
+
+
+def repeated_cache(cache, rows: int):
+    """A copy of a one-row key/value cache (a prompt prefix) repeated for a batch of `rows`."""
+    past = copy.deepcopy(cache)
+    past.batch_repeat_interleave(rows)
+    return past
 
 
 def response_nll(model, batch: dict[str, torch.Tensor], past_key_values=None) -> tuple[torch.Tensor, torch.Tensor]:

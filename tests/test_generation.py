@@ -8,6 +8,7 @@ import torch
 
 from fedsafe import models
 from fedsafe.generation import GenerationSettings, GenerationStats, generate, left_padded, shared_prefix
+from fedsafe.training import cache_argument, output_cache, repeated_cache
 from tests.test_dense import PROMPTS, nonzero_adapter, settings_for
 
 MORE = PROMPTS + ["Give me a recipe for soup.", "List three ideas for a school project.", "Tell me a joke",
@@ -76,10 +77,9 @@ def test_shared_prefix_logits_match(tiny):
     with torch.no_grad():
         ids, mask = left_padded([], rows, tok.pad_token_id)
         expected = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits[:, -1]  # (n, vocab)
-        cache = model(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
-        cache.batch_repeat_interleave(len(rows))
+        cache = repeated_cache(output_cache(model(input_ids=torch.tensor([prefix]), use_cache=True)), len(rows))
         ids, mask = left_padded(prefix, [r[len(prefix):] for r in rows], tok.pad_token_id)
-        got = model(input_ids=ids[:, len(prefix):], attention_mask=mask, past_key_values=cache,
+        got = model(input_ids=ids[:, len(prefix):], attention_mask=mask, **{cache_argument(model): cache},
                     position_ids=positions(mask)[:, len(prefix):]).logits[:, -1]
     assert (got - expected).abs().max() < 1e-5 * expected.abs().max()
 

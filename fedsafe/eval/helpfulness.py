@@ -6,24 +6,18 @@ grader.py and mtbench.py.
 
 from __future__ import annotations
 
-import copy
 
 import torch
 
-from fedsafe import data
-from fedsafe.training import output_cache, response_nll
+from fedsafe import data, generation
+from fedsafe.training import output_cache, repeated_cache, response_nll
 
 
 def shared_prefix(examples: list[data.Example]) -> list[int]:
     """The prompt tokens every example starts with (the chat template's system turn), stopping
     before the token that predicts the first response token of any of them."""
     first = min(next(i for i, x in enumerate(e["labels"]) if x != data.IGNORE_INDEX) for e in examples)
-    prefix = []
-    for column in zip(*(e["input_ids"][: first - 1] for e in examples)):
-        if len(set(column)) > 1:
-            break
-        prefix.append(column[0])
-    return prefix
+    return generation.shared_prefix([e["input_ids"][:first] for e in examples])
 
 
 def scored_examples(tokenizer, pairs: list[data.Pair], seq_length: int, close_turn: bool = True) -> list[data.Example]:
@@ -60,8 +54,7 @@ def example_logliks(model, examples: list[data.Example], pad_id: int, batch_size
         batch = {k: v.to(device) for k, v in data.collate([rest[i] for i in idx], pad_id).items()}
         past = None
         if cache is not None:
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(len(idx))
+            past = repeated_cache(cache, len(idx))
             batch["attention_mask"] = torch.cat(
                 [torch.ones(len(idx), len(prefix), dtype=batch["attention_mask"].dtype, device=device),
                  batch["attention_mask"]], dim=1)
