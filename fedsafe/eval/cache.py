@@ -30,9 +30,9 @@ from fedsafe.files import read_json, write_json
 log = logging.getLogger(__name__)
 CACHE = "initial-eval"
 STAGE = "initial"
-# Modules whose code decides the initial stage's numbers: any edit to them starts a new entry.
-CODE = ("eval/stages.py", "eval/safety.py", "eval/judges.py", "eval/helpfulness.py", "generation.py", "data.py",
-        "training.py", "models.py", "dense.py", "templates.py")
+# Modules whose code decides the initial stage's numbers (every eval/ module besides these): any
+# edit to them starts a new entry.
+CODE = ("generation.py", "data.py", "training.py", "models.py", "dense.py", "templates.py")
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes")
 # Eval settings that do not enter the stage itself.
 NOT_IN_STAGE = ("initial", "initial_cache", "every_rounds", "probe_size")
@@ -57,8 +57,8 @@ def model_files(name: str) -> list:
 def code_digest() -> str:
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for name in CODE:
-        h.update(name.encode() + (root / name).read_bytes())
+    for path in [*sorted((root / "eval").glob("*.py")), *(root / name for name in CODE)]:
+        h.update(str(path.relative_to(root)).encode() + path.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -70,8 +70,10 @@ def cache_key(settings: Settings, evaluator, state: dict[str, torch.Tensor]) -> 
     blob = {
         "model": [settings.model.name, settings.model.quantization, settings.model.trust_remote_code,
                   settings.model.template, model_files(settings.model.name)],
-        "judge": model_files(settings.eval.judge) if settings.eval.judge != "rule" else "rule",
+        # the files of every model that scores answers (phrase rules have none: [])
+        "scorers": [model_files(spec) for spec in (*settings.eval.judges, settings.eval.rm_model) if spec],
         "adapter": adapter_effect(state), "harmful": evaluator.harmful, "benign": evaluator.benign,
+        "mt1": evaluator.mt1,
         "generation": generation, "eval": ev, "seq_length": evaluator.seq_length, "code": code_digest(),
         "libraries": [importlib.metadata.version(p) for p in LIBRARIES], "device": models.device().type,
     }

@@ -48,7 +48,8 @@ def test_second_run_reads_the_first(setup, tmp_path):
     assert len(entries(tmp_path)) == 1
 
 
-@pytest.mark.parametrize("change", ["eval.max-new-tokens", "eval.safety.limit", "adapter", "sampling"])
+@pytest.mark.parametrize("change", ["eval.max-new-tokens", "eval.safety.limit", "adapter", "sampling",
+                                    "judge-model-files"])
 def test_what_changes_the_numbers_misses(setup, tmp_path, change):
     settings, evaluator, model, tok, state = setup()
     initial_stage(settings, evaluator, model, tok, state, tmp_path / "run-a")
@@ -57,6 +58,11 @@ def test_what_changes_the_numbers_misses(setup, tmp_path, change):
         models.set_adapter_state(model, state)
     elif change == "sampling":
         evaluator.generation = dataclasses.replace(evaluator.generation, temperature=0.7)
+    elif change == "judge-model-files":  # a second judge's folder is rewritten in place
+        settings = dataclasses.replace(settings, eval=dataclasses.replace(
+            settings.eval, judges=(*settings.eval.judges, str(tmp_path / "judge"))))
+        (tmp_path / "judge").mkdir()
+        (tmp_path / "judge" / "config.json").write_text("{}")
     else:
         settings, evaluator, model, tok, state = setup(**{change: 2 if change == "eval.safety.limit" else 5})
     again = initial_stage(settings, evaluator, model, tok, state, tmp_path / "run-b")
