@@ -49,7 +49,7 @@ def test_second_run_reads_the_first(setup, tmp_path):
 
 
 @pytest.mark.parametrize("change", ["eval.max-new-tokens", "eval.safety.limit", "adapter", "sampling",
-                                    "judge-model-files"])
+                                    "another-judge"])
 def test_what_changes_the_numbers_misses(setup, tmp_path, change):
     settings, evaluator, model, tok, state = setup()
     initial_stage(settings, evaluator, model, tok, state, tmp_path / "run-a")
@@ -58,7 +58,7 @@ def test_what_changes_the_numbers_misses(setup, tmp_path, change):
         models.set_adapter_state(model, state)
     elif change == "sampling":
         evaluator.generation = dataclasses.replace(evaluator.generation, temperature=0.7)
-    elif change == "judge-model-files":  # a second judge's folder is rewritten in place
+    elif change == "another-judge":  # a second judge model scores the same answers
         settings = dataclasses.replace(settings, eval=dataclasses.replace(
             settings.eval, judges=(*settings.eval.judges, str(tmp_path / "judge"))))
         (tmp_path / "judge").mkdir()
