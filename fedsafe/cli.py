@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from pathlib import Path
 
-from flwr.common.config import flatten_dict
 
 from fedsafe.config import ConfigError, from_run_config
 from fedsafe.launch import Interrupted, SetupError
@@ -35,44 +33,25 @@ class UsageError(ValueError):
 
 
 def parse_overrides(specs: list[str]) -> dict:
-    """`--run-config` as flwr reads it: one TOML file alone, or 'k=v k2=v2' items (TOML values)."""
-    if len(specs or []) == 1 and specs[0].endswith(".toml"):
-        path = Path(specs[0]).expanduser()
-        try:
-            return flatten_dict(tomllib.loads(path.read_text(encoding="utf-8")))
-        except OSError as err:
-            raise ConfigError(f"--run-config {specs[0]}: cannot read the file ({err.strerror})") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"--run-config {specs[0]}: not valid TOML ({err})") from None
-    merged: dict = {}
-    for spec in specs or []:
-        if spec.endswith(".toml"):
-            raise ConfigError(f"--run-config {spec}: a TOML file must be the only --run-config, as for flwr run")
-        for item in _split(spec):
-            key, equals, value = item.partition("=")
-            try:
-                if not (equals and key.strip() and value.strip()):
-                    raise ValueError
-                merged.update(flatten_dict(tomllib.loads(f'"{key.strip()}" = {value.strip()}')))
-            except ValueError:  # TOMLDecodeError is one
-                raise ConfigError(f"--run-config {item!r}: expected KEY=VALUE with a TOML value "
-                                  "(text in quotes: model.name='org/name'; numbers and true/false bare)") from None
-    return merged
+    """`--run-config` read by Flower's own parser, so fedsafe checks exactly what `flwr run` passes
+    on (one TOML file alone, or 'k=v k2=v2' items with TOML values); its errors as one line."""
+    import click
+    import tomli
+    from flwr.common.config import parse_config_args
 
-
-def _split(spec: str) -> list[str]:
-    """Split on spaces outside quotes."""
-    items, current, quote = [], "", None
-    for ch in spec:
-        if ch in "'\"":
-            quote = None if quote == ch else (quote or ch)
-        if ch == " " and quote is None:
-            if current:
-                items.append(current)
-            current = ""
-        else:
-            current += ch
-    return items + ([current] if current else [])
+    specs = list(specs or [])
+    try:
+        return parse_config_args(specs)
+    except OSError as err:
+        raise ConfigError(f"--run-config {specs[0]}: cannot read the file ({err.strerror})") from None
+    except tomli.TOMLDecodeError as err:
+        raise ConfigError(f"--run-config {specs[0]}: not valid TOML ({err})") from None
+    except ValueError:  # a file next to key-value pairs
+        raise ConfigError(f"--run-config {' '.join(specs)}: a TOML file must be the only --run-config, "
+                          "as for flwr run") from None
+    except click.ClickException:
+        raise ConfigError(f"--run-config {' '.join(specs)!r}: expected KEY=VALUE with a TOML value "
+                          "(text in quotes: model.name='org/name'; numbers and true/false bare)") from None
 
 
 def _settings(args):
