@@ -103,7 +103,7 @@ def rows_to_pairs(rows: Iterable[dict], instruction: str = "instruction", respon
     return list(iter_pairs(rows, instruction, response, source, keep))
 
 
-def _train_split(names: list[str]) -> str:
+def train_split(names: list[str]) -> str:
     """The train split, or the first split whose name contains 'train', or the first."""
     return "train" if "train" in names else next((k for k in names if "train" in k), names[0])
 
@@ -117,7 +117,7 @@ def load_rows(source: str) -> list[dict]:
     from datasets import load_dataset
 
     splits = load_dataset(source)
-    return list(splits[_train_split(list(splits))])
+    return list(splits[train_split(list(splits))])
 
 
 def shuffled_rows(source: str, seed: int) -> Iterable[dict]:
@@ -132,7 +132,7 @@ def shuffled_rows(source: str, seed: int) -> Iterable[dict]:
     from datasets import load_dataset
 
     splits = load_dataset(source, streaming=True)
-    return splits[_train_split(list(splits))].shuffle(seed=seed, buffer_size=STREAM_BUFFER)
+    return splits[train_split(list(splits))].shuffle(seed=seed, buffer_size=STREAM_BUFFER)
 
 
 def sample_pairs(source: str, to_pairs: Callable[[Iterable[dict]], Iterator[Pair]], limit: int,

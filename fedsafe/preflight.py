@@ -1,6 +1,6 @@
 """Open every file and folder a config names and check its shape, before any model loads.
 
-`config.py` checks that values are well formed (a path exists, a number is in range); this
+`fedsafe/config` checks that values are well formed (a path exists, a number is in range); this
 module reads what they point to: a data file has rows with the columns the run will read, a
 benchmark has a prompt column, a model folder has a config and a tokenizer, a run to resume has
 its config. `fedsafe check-config` and the ServerApp call `check(settings)`; a problem is one
@@ -43,8 +43,7 @@ def _folder_rows(path: Path, n: int = 5) -> list[dict]:
     from datasets import load_dataset  # a folder is read as datasets reads it in the run
 
     splits = load_dataset(str(path), streaming=True)
-    name = "train" if "train" in splits else next(iter(splits))
-    return [row for _, row in zip(range(n), splits[name])]
+    return [row for _, row in zip(range(n), splits[data.train_split(list(splits))])]
 
 
 def pairs_file(key: str, value: str, instruction: str, response: str, *, unsafe_qa: bool = False) -> None:
@@ -117,11 +116,14 @@ def check(settings: Settings) -> None:
     model_folder("model.name", settings.model.name)
     model_folder("attack.generator", a.generator)
     model_folder("posthoc.generator", settings.posthoc.generator)
-    model_folder("eval.judge", settings.eval.judge)
+    for judge in settings.eval.judges:  # eval.judge first
+        model_folder("eval.judge" if judge == settings.eval.judge else "eval.judges", judge)
     if d.benign != "bundled":
         pairs_file("data.benign", d.benign, d.instruction_column, d.response_column)
     if a.data != "generated":
         pairs_file("attack.data", a.data, d.instruction_column, d.response_column, unsafe_qa=True)
     if a.instructions not in ("generated", "bundled"):
         pairs_file("attack.instructions", a.instructions, "instruction", "response")  # as generation_job reads it
+    if settings.posthoc.level == "L1" and settings.posthoc.l1_source not in ("", "bundled"):
+        pairs_file("posthoc.l1-source", settings.posthoc.l1_source, d.instruction_column, d.response_column)
     safety_benchmark("eval.safety.benchmark", settings.eval.safety.benchmark)

@@ -108,3 +108,12 @@ def test_the_server_app_checks_before_anything_loads(tmp_path, capsys):
         server_app(None, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
     assert capsys.readouterr().out.startswith("fedsafe: error: eval.safety.benchmark=")  # what check_run shows
     assert not (tmp_path / "runs").exists()  # no run directory, no model
+
+
+def test_the_l1_source_is_opened_before_the_rounds(tmp_path):
+    """A bad L1 file would otherwise fail only in post-hoc, after every round."""
+    bad = write_jsonl(tmp_path / "chat.jsonl", [{"q": "Name a colour.", "a": "Blue."}])
+    with pytest.raises(ConfigError, match=r"^posthoc.l1-source='.*chat.jsonl': .*lacks the column 'instruction'"):
+        check({"posthoc.level": "L1", "posthoc.l1-source": str(bad)})
+    check({"posthoc.level": "curated", "posthoc.l1-source": str(bad)})  # not read by this level
+
