@@ -43,22 +43,13 @@ def create_run_dir(settings: Settings) -> Path:
     return run_dir.resolve()
 
 
-def fl_summary(settings: Settings) -> dict[str, Any]:
-    """The federated algorithm of the run: server optimizer (and its parameters) and the
-    client-side algorithm, as results.json names them."""
-    fl = settings.fl
-    return {"optimizer": fl.optimizer, "optimizer_params": dict(fl.optimizer_params),
-            "client_algorithm": fl.client_algorithm,
-            **({"fedprox_mu": fl.fedprox.mu} if fl.client_algorithm == "fedprox" else {})}
-
-
 class Recorder:
     """results.json: config, per-round client records, detection, evaluations."""
 
     def __init__(self, run_dir: Path, settings: Settings):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "results.json"
-        self.data: dict[str, Any] = {"config": settings.flat, "run_dir": str(self.run_dir), "fl": fl_summary(settings),
+        self.data: dict[str, Any] = {"config": settings.flat, "run_dir": str(self.run_dir),
                                      "rounds": [], "eval": {}, "timings": {}}
         self.save()
 
@@ -70,7 +61,6 @@ class Recorder:
         recorder.path = recorder.run_dir / "results.json"
         recorder.data = read_json(recorder.path)
         recorder.data["config"] = settings.flat
-        recorder.data["fl"] = fl_summary(settings)
         return recorder
 
     def save(self) -> None:

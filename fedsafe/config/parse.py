@@ -105,7 +105,7 @@ def _malicious_ids(flat: dict[str, Any], num_clients: int) -> tuple[int, ...]:
     return tuple(range(num_clients - n, num_clients))
 
 
-def _judges(primary: str, more: tuple[str, ...]) -> tuple[str, ...]:
+def all_judges(primary: str, more: tuple[str, ...]) -> tuple[str, ...]:
     """eval.judge, then each other judge of eval.judges once, in the given order."""
     specs = [s.strip() for s in (primary, *more) if s.strip()]
     return tuple(dict.fromkeys(s.lower() if s.lower() in JUDGE_RULES else s for s in specs))
@@ -185,7 +185,7 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
     values = {spec.path: spec.parse(flat[k]) if spec.parse else flat[k] for k, spec in keys.items()}
     values[("attack", "malicious_ids")] = _malicious_ids(flat, flat["clients.num"])
     values[("posthoc", "lr")] = flat["posthoc.lr"] or POSTHOC_LR[flat["posthoc.level"]]
-    judges = _judges(flat["eval.judge"], values[("eval", "judges")])
+    judges = all_judges(flat["eval.judge"], values[("eval", "judges")])
     values[("eval", "judge")], values[("eval", "judges")] = judges[0], judges
     settings = _build(Settings, values)
     return dataclasses.replace(settings, defense=dataclasses.replace(settings.defense, params=params),

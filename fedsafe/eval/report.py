@@ -58,9 +58,11 @@ def _bullets(record: dict, first: tuple[str, ...]) -> list[str]:
 
 
 def _judges(config: dict) -> str:
-    """eval.judge, then the other judges of eval.judges, each once."""
-    specs = [config.get("eval.judge", DASH), *str(config.get("eval.judges", "")).split(",")]
-    return ", ".join(dict.fromkeys(s.strip() for s in specs if s.strip()))
+    """eval.judge, then the other judges of eval.judges, each once, named as the run keyed them."""
+    from fedsafe.config.fields import csv_tuple
+    from fedsafe.config.parse import all_judges
+
+    return ", ".join(all_judges(config.get("eval.judge", DASH), csv_tuple(str(config.get("eval.judges", "")))))
 
 
 def _answers(config: dict) -> str:

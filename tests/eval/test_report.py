@@ -173,3 +173,9 @@ def test_summary_line_of_a_run(results):
     assert summary_line(partial, report) == \
         "safety 50.0 % after FL | benign refusal \u2013 after FL | report: /runs/x/report.md"
     assert summary_line({}, report) == "safety \u2013 | benign refusal \u2013 | report: /runs/x/report.md"
+
+
+def test_report_names_the_judges_as_the_run_keyed_its_rates(tmp_path, results):
+    """Rule names are case-insensitive: the metrics say 'paper-rule', and so must the report."""
+    results["config"] |= {"eval.judge": "rule", "eval.judges": "PAPER-RULE,rule"}
+    assert "| safety judges | rule, paper-rule |" in write_report(_run_dir(tmp_path, results)).read_text()

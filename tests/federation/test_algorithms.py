@@ -40,7 +40,7 @@ def test_the_default_steps_as_fedavg_did_bit_for_bit(tiny_model_dir, tmp_path, m
     weights = torch.tensor([float(r.content["metrics"]["num-examples"]) for r in replies])
     expected = models.flatten(initial) + call_aggregator(get_aggregator("fedavg"), deltas, weights).update
     assert torch.equal(models.flatten(models.load_adapter_file(run_dir / "adapters" / "round-001")), expected)
-    assert results["fl"] == {"optimizer": "sgd", "optimizer_params": {}, "client_algorithm": "none"}
+    assert (results["config"]["fl.optimizer"], results["config"]["fl.client-algorithm"]) == ("sgd", "none")
     report = (run_dir / "report.md").read_text()
     assert "| server optimizer | sgd |" in report and "| client algorithm | none |" in report
 
@@ -53,7 +53,8 @@ def test_scaffold_with_fedadam_resumes_to_the_same_adapter(tiny_model_dir, tmp_p
     assert len(train) == 6 and all(CONTROL in m.content for m in train)  # one correction per client per round
     assert [r["scaffold"]["committed"] for r in full["rounds"]] == [[0, 1, 2], [0, 1, 2]]
     assert full["rounds"][1]["scaffold"]["server_control_norm"] > 0
-    assert full["fl"] == {"optimizer": "fedadam", "optimizer_params": {"eta": 0.01}, "client_algorithm": "scaffold"}
+    assert {k: full["config"][k] for k in ("fl.optimizer", "fl.fedadam.eta", "fl.client-algorithm")} == \
+        {"fl.optimizer": "fedadam", "fl.fedadam.eta": 0.01, "fl.client-algorithm": "scaffold"}
     assert "| server optimizer | fedadam (eta: 0.01) |" in (full_dir / "report.md").read_text()
 
     # what the checkpoint holds: the optimizer's two steps and c = the mean of the three c_i
@@ -70,4 +71,4 @@ def test_scaffold_with_fedadam_resumes_to_the_same_adapter(tiny_model_dir, tmp_p
     b = models.load_adapter_file(resumed_dir / "adapters" / "round-002")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["rounds"][1]["scaffold"] == full["rounds"][1]["scaffold"]
-    assert read_json(resumed_dir / "results.json")["fl"]["client_algorithm"] == "scaffold"
+    assert read_json(resumed_dir / "results.json")["config"]["fl.client-algorithm"] == "scaffold"
