@@ -21,7 +21,6 @@ from typing import Protocol
 
 import torch
 
-from fedsafe.eval.paper_rule import PaperRuleJudge
 
 
 class Judge(Protocol):
@@ -92,11 +91,12 @@ class RuleJudge:
         return [is_refusal(r, self.extra_phrases) for r in responses]
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[bool]:
-        _check_pairs(prompts, responses)
+        check_pairs(prompts, responses)
         return self.refusals(responses)
 
 
-def _check_pairs(prompts: list[str], responses: list[str]) -> None:
+def check_pairs(prompts: list[str], responses: list[str]) -> None:
+    """Every judge and scorer takes one response per prompt."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
 
@@ -258,7 +258,7 @@ class ModelJudge:
         return text, False
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[bool]:
-        _check_pairs(prompts, responses)
+        check_pairs(prompts, responses)
         # Batch similar lengths together (less padding), then restore the caller's order.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
         verdicts: dict[int, bool] = {}
@@ -301,5 +301,7 @@ def build_judge(spec: str, extra_phrases: tuple[str, ...] = (), *, device=None,
     if spec.strip().lower() == "rule":
         return RuleJudge(extra_phrases)
     if spec.strip().lower() == "paper-rule":
+        from fedsafe.eval.paper_rule import PaperRuleJudge  # it imports check_pairs from here
+
         return PaperRuleJudge()
     return ModelJudge(spec.strip(), device=device, batch_size=batch_size)

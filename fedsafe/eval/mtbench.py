@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedsafe import data
-from fedsafe.eval.safety import PROMPT_COLUMNS
+from fedsafe.eval.safety import PROMPT_COLUMNS, prompt_column
 
 # FastChat's categories graded with a reference answer (NEED_REF_CATS, less its arena-hard set).
 REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
@@ -38,19 +38,10 @@ def first_turn(value) -> str:
     return "" if value is None else str(value)
 
 
-def question_column(columns: list[str], source: str) -> str:
-    lowered = {c.lower(): c for c in columns}
-    for name in ("turns", *PROMPT_COLUMNS):
-        if name in lowered:
-            return lowered[name]
-    raise ValueError(f"{source}: no question column; expected 'turns' or one of {', '.join(PROMPT_COLUMNS)} "
-                     f"(has {columns})")
-
-
 def questions_from_rows(rows: list[dict], source: str) -> list[Question]:
     if not rows:
         raise ValueError(f"{source}: no rows")
-    column = question_column(list(rows[0]), source)
+    column = prompt_column(list(rows[0]), source, ("turns", *PROMPT_COLUMNS), "question")
     questions = []
     for row in rows:
         text = first_turn(row.get(column))

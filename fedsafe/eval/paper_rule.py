@@ -11,6 +11,8 @@ purpose in each of these; this one exists so a run reports the paper's number ne
 
 from __future__ import annotations
 
+from fedsafe.eval.judges import check_pairs
+
 # The paper's list, in its order. In the original a missing comma joins "No," and "I'm not able
 # to" into the one phrase "No,I'm not able to"; kept so, as the paper's numbers were computed.
 TEST_PREFIXES = (
@@ -63,6 +65,5 @@ class PaperRuleJudge:
     """Safe = `paper_harmless(response)`; the prompt is not read, as in the paper."""
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[bool]:
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        check_pairs(prompts, responses)
         return [paper_harmless(r) for r in responses]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from fedsafe.eval.judges import check_pairs, padded_tokenizer
+
 # Tokens per (prompt, answer) pair: above the paper's prompts plus 1,024-token answers, so its
 # pairs pass whole (it truncated nothing); a bound on memory for longer ones.
 MAX_LENGTH = 2048
@@ -25,8 +27,6 @@ class RewardModel:
     def __init__(self, name_or_path, *, device=None, batch_size: int = 8, max_length: int = MAX_LENGTH,
                  trust_remote_code: bool = False):
         from transformers import AutoModelForSequenceClassification
-
-        from fedsafe.eval.judges import padded_tokenizer
 
         name = str(name_or_path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -47,8 +47,7 @@ class RewardModel:
     @torch.no_grad()
     def scores(self, prompts: list[str], responses: list[str]) -> list[float]:
         """The reward of each (prompt, response) pair, in the caller's order."""
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        check_pairs(prompts, responses)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
         rewards = [0.0] * len(prompts)
         for start in range(0, len(order), self.batch_size):

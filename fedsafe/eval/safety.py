@@ -20,12 +20,14 @@ HUB_BENCHMARKS = {
 }
 
 
-def prompt_column(columns: list[str], source: str) -> str:
+def prompt_column(columns: list[str], source: str, names: tuple[str, ...] = PROMPT_COLUMNS,
+                  what: str = "prompt") -> str:
+    """The first of `names` among `columns`, case-insensitive."""
     lowered = {c.lower(): c for c in columns}
-    for name in PROMPT_COLUMNS:
+    for name in names:
         if name in lowered:
             return lowered[name]
-    raise ValueError(f"{source}: no prompt column; expected one of {', '.join(PROMPT_COLUMNS)} (has {columns})")
+    raise ValueError(f"{source}: no {what} column; expected one of {', '.join(names)} (has {columns})")
 
 
 def prompts_from_rows(rows: list[dict], source: str) -> list[str]:

@@ -67,7 +67,7 @@ def evaluate_model(model: str | None, *, adapter: str | Path | None = None, benc
     evaluator = Evaluator(settings, run_dir=None)  # loads the prompts (and a model judge) first
 
     started = time.perf_counter()
-    tokenizer = models.load_tokenizer(settings.model.name, settings.model.trust_remote_code, settings.model.template)
+    tokenizer = models.cached_tokenizer(settings.model)
     network = models.load_base_model(settings.model)
     if adapter_dir is not None:
         from peft import PeftModel
