@@ -34,7 +34,6 @@ class Server:
     def __init__(self, settings: Settings, run_dir: Path, aggregator, optimizer=None, controls=None):
         self.settings = settings
         self.run_dir = run_dir
-        self.aggregator = aggregator
         # What a resumed run restores besides the adapter (see federation/checkpoint.py).
         self.parts = {"aggregator": aggregator, "optimizer": optimizer, "scaffold": controls}
         resuming = bool(settings.resume_from) and (run_dir / "results.json").is_file()

@@ -190,8 +190,3 @@ def from_run_config(run_config: dict[str, Any], *, check_aggregator: bool = True
     settings = _build(Settings, values)
     return dataclasses.replace(settings, defense=dataclasses.replace(settings.defense, params=params),
                                fl=dataclasses.replace(settings.fl, optimizer_params=optimizer_params), flat=flat)
-
-
-def as_dict(settings: Settings) -> dict[str, Any]:
-    """The resolved config as written to config.json (flat keys, as given to --run-config)."""
-    return dict(settings.flat)

@@ -60,6 +60,7 @@ class RobustStrategy(FedAvg):
         self.sent: list[Message] = []  # this round's train messages (ids set by the grid on push)
         self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.round_started = 0.0
+        self.round_lr = 0.0  # this round's client learning rate, sent and recorded
         # a line per round with the time left (the ServerApp's log is not a terminal)
         self.progress = Progress("federated rounds", settings.num_server_rounds - self.offset, "round",
                                  logger=log, every=0.0)
@@ -100,18 +101,20 @@ class RobustStrategy(FedAvg):
         self.sampled = {node_of[p]: p for p in chosen + self.reserves}
         self.global_state = models.from_arrays(arrays)
         config["server-round"] = server_round
-        config["lr"] = self.settings.train.lr(server_round, self.settings.num_server_rounds)
+        self.round_lr = self.settings.train.lr(server_round, self.settings.num_server_rounds)
+        config["lr"] = self.round_lr
         log.info("round %d: clients %s (malicious: %s)%s, lr %.2e", server_round, chosen,
                  [p for p in chosen if self.settings.is_malicious(p)],
                  f", reserves {self.reserves}" if self.reserves else "", config["lr"])
-        if self.controls is None:
-            record = RecordDict({"arrays": arrays, "config": config})
-            self.sent = list(self._construct_messages(record, list(self.sampled), MessageType.TRAIN))
-        else:  # one correction per client
-            self.sent = [Message(RecordDict({"arrays": arrays, "config": config,
-                                             CONTROL: self.controls.record(p, self.global_state)}),
-                                 dst_node_id=n, message_type=MessageType.TRAIN) for n, p in self.sampled.items()]
+        self.sent = [Message(self._train_content(p, arrays, config), dst_node_id=n, message_type=MessageType.TRAIN)
+                     for n, p in self.sampled.items()]
         return self.sent
+
+    def _train_content(self, partition: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        """The global adapter and the round's config; under SCAFFOLD also this client's correction."""
+        if self.controls is None:
+            return RecordDict({"arrays": arrays, "config": config})
+        return RecordDict({"arrays": arrays, "config": config, CONTROL: self.controls.record(partition, self.global_state)})
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -145,8 +148,7 @@ class RobustStrategy(FedAvg):
 
         rank = {p: i for i, p in enumerate(self.reserves)}
         updates.sort(key=lambda u: (u.partition_id in rank, rank.get(u.partition_id, u.partition_id)))
-        record = {"round": server_round, "lr": self.settings.train.lr(server_round, self.settings.num_server_rounds),
-                  "clients": [], "dropped": dropped, "failed": failed}
+        record = {"round": server_round, "lr": self.round_lr, "clients": [], "dropped": dropped, "failed": failed}
         if self.reserves and not getattr(self.aggregator, "takes_reserves", False):  # they stand in for failed ones
             updates, spare = updates[:self.settings.clients.per_round], updates[self.settings.clients.per_round:]
             record["spare"] = [{"partition_id": u.partition_id, "node_id": u.node_id,
