@@ -3,7 +3,7 @@ ClientApp with that node's Context. No Ray, no SuperLink; everything else is the
 
 from __future__ import annotations
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -25,6 +25,7 @@ class InProcessGrid(Grid):
             for k in range(num_nodes)
         }
         self.sent: list[Message] = []
+        self.replies: list[Message] = []  # every train reply, as it came back
 
     def set_run(self, run) -> None:  # the in-process federation has one fixed run
         pass
@@ -57,4 +58,18 @@ class InProcessGrid(Grid):
                 replies.append(self.client_app(msg, context))
             except Exception as err:  # what Flower does: the exception becomes an error reply
                 replies.append(Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg))
+        self.replies += [r for r in replies if r.metadata.message_type == MessageType.TRAIN]
         return replies[::-1] if self.reverse_replies else replies
+
+
+def scripted_app(answer):
+    """A stand-in for the ClientApp: it tells the strategy each node's partition id and answers
+    each train message with `answer(message, partition_id)` instead of training."""
+
+    def app(msg: Message, context: Context) -> Message:
+        pid = context.node_config["partition-id"]
+        if msg.metadata.message_type == MessageType.QUERY:
+            return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg)
+        return answer(msg, pid)
+
+    return app

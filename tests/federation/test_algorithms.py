@@ -11,28 +11,15 @@ from fedsafe.federation.scaffold import CONTROL, ControlVariates
 from fedsafe.federation.transport import unpack_record
 from fedsafe.files import read_json
 from fedsafe.optimizers import get_optimizer
-from tests.inprocess import InProcessGrid
-from tests.test_federation import killed_after_round_one, run_federation, tiny_run_config
+from tests.test_federation import killed_after_round_one, run_federation, settings_from, tiny_run_config
 
 
-class RecordingGrid(InProcessGrid):
-    """Keeps every train reply (as it came over the wire)."""
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = super().send_and_receive(messages, timeout=timeout)
-        self.replies = getattr(self, "replies", []) + [r for r in replies if r.metadata.message_type == "train"]
-        return replies
-
-
-def test_the_default_steps_as_fedavg_did_bit_for_bit(tiny_model_dir, tmp_path, monkeypatch):
+def test_the_default_steps_as_fedavg_did_bit_for_bit(tiny_model_dir, tmp_path):
     """fl.optimizer = sgd (lr 1), no client algorithm: the round's adapter is the global plus
     FedAvg of the replies' deltas, summed in partition order, exactly as before optimizers."""
-    import tests.test_federation as federation
-
-    monkeypatch.setattr(federation, "InProcessGrid", RecordingGrid)
     config = tiny_run_config(tiny_model_dir, tmp_path / "runs", **{"num-server-rounds": 1, "eval.every-rounds": 0})
     run_dir, results, grid = run_federation(config, 3)
-    initial = models.initial_adapter(federation.settings_from(config).model, 0)
+    initial = models.initial_adapter(settings_from(config).model, 0)
     replies = sorted(grid.replies, key=lambda r: r.content["metrics"]["partition-id"])
     assert all(CONTROL not in r.content for r in replies) and all(CONTROL not in m.content for m in grid.sent)
     deltas = torch.stack([models.flatten(models.from_arrays(unpack_record(r.content["arrays"])))

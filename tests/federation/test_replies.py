@@ -11,7 +11,7 @@ from fedsafe.config import from_run_config
 from fedsafe.aggregators import get_aggregator
 from fedsafe.federation.strategy import RobustStrategy
 from fedsafe.results import Recorder
-from tests.inprocess import InProcessGrid
+from tests.inprocess import InProcessGrid, scripted_app
 
 GLOBAL = {"a.lora_A.weight": torch.zeros(2, 3), "a.lora_B.weight": torch.zeros(3, 2)}
 
@@ -46,31 +46,13 @@ REASON = {"nan": "non-finite", "inf": "non-finite", "shape": "wrong shape", "mis
           "zero-examples": "num-examples", "int-dtype": "wrong dtype", "no-arrays": "no ArrayRecord"}
 
 
-class ScriptedGrid(InProcessGrid):
-    """Nodes that answer with prepared replies instead of training."""
-
-    def __init__(self, answers):
-        super().__init__(client_app=None, run_config={}, num_nodes=len(answers))
-        self.answers = answers  # partition id -> (arrays, metrics)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
-        for msg in messages:
-            pid = self.contexts[msg.metadata.dst_node_id].node_config["partition-id"]
-            if msg.metadata.message_type == "query":
-                replies.append(Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg))
-            else:
-                replies.append(reply(msg, *self.answers[pid]))
-        return replies
-
-
 def run_round(tmp_path, answers, aggregator="fedavg", **params):
     n = len(answers)
     settings = from_run_config({"clients.num": n, "clients.per-round": n, "attack.num-malicious": 0,
                                 "num-server-rounds": 1, "defense.aggregator": aggregator})
     recorder = Recorder(tmp_path, settings)
     strategy = RobustStrategy(settings, get_aggregator(aggregator, **params), recorder, wait_seconds=5)
-    result = strategy.start(grid=ScriptedGrid(answers), initial_arrays=models.to_arrays(GLOBAL), num_rounds=1)
+    result = strategy.start(grid=InProcessGrid(scripted_app(lambda msg, pid: reply(msg, *answers[pid])), {}, n), initial_arrays=models.to_arrays(GLOBAL), num_rounds=1)
     return recorder.data["rounds"][0], models.from_arrays(result.arrays)
 
 

@@ -3,7 +3,6 @@ composed with every optimizer through the real strategy."""
 
 import pytest
 import torch
-from flwr.app import Message, MetricRecord, RecordDict
 
 from fedsafe import models
 from fedsafe.aggregators import available as aggregators, call_aggregator, get_aggregator
@@ -13,7 +12,7 @@ from fedsafe.optimizers import apply_optimizer, available, get_optimizer
 from fedsafe.results import Recorder
 from tests.aggregators.test_contract import norm_probe
 from tests.federation.test_replies import reply
-from tests.inprocess import InProcessGrid
+from tests.inprocess import InProcessGrid, scripted_app
 
 D = 48
 
@@ -69,24 +68,15 @@ GLOBAL = {"a.lora_A.weight": torch.zeros(4, 6), "a.lora_B.weight": torch.zeros(6
 N, ROUNDS = 8, 2
 
 
-class Scripted(InProcessGrid):
+def fixed_points(clients):
     """Node k answers every round with the arrays clients[k] (a fixed point, so the deltas change
     as the global moves) and num-examples 10 + k."""
 
-    def __init__(self, clients):
-        super().__init__(client_app=None, run_config={}, num_nodes=len(clients))
-        self.clients = clients
+    def answer(msg, pid):
+        arrays = {k: v.numpy() for k, v in models.unflatten(clients[pid], GLOBAL).items()}
+        return reply(msg, arrays, {"num-examples": 10 + pid, "partition-id": pid})
 
-    def send_and_receive(self, messages, *, timeout=None):
-        out = []
-        for msg in messages:
-            pid = self.contexts[msg.metadata.dst_node_id].node_config["partition-id"]
-            if msg.metadata.message_type == "query":
-                out.append(Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg))
-            else:
-                arrays = {k: v.numpy() for k, v in models.unflatten(self.clients[pid], GLOBAL).items()}
-                out.append(reply(msg, arrays, {"num-examples": 10 + pid, "partition-id": pid}))
-        return out
+    return InProcessGrid(scripted_app(answer), {}, len(clients))
 
 
 @pytest.mark.parametrize("optimizer", available())
@@ -102,7 +92,7 @@ def test_every_aggregator_composes_with_every_optimizer(tmp_path, aggregator, op
 
     strategy = RobustStrategy(settings, get_aggregator(aggregator), Recorder(tmp_path, settings),
                               optimizer=get_optimizer(optimizer), probe=probe, wait_seconds=5)
-    result = strategy.start(grid=Scripted(clients), initial_arrays=models.to_arrays(GLOBAL), num_rounds=ROUNDS)
+    result = strategy.start(grid=fixed_points(clients), initial_arrays=models.to_arrays(GLOBAL), num_rounds=ROUNDS)
 
     # the same rule and optimizer, called by hand on the same deltas
     agg, opt, x = get_aggregator(aggregator), get_optimizer(optimizer), models.flatten(GLOBAL)
@@ -126,7 +116,7 @@ def test_a_users_optimizer_runs_in_the_strategy_and_its_state_is_checkpointed(tm
     clients = vectors(30, 3)  # (3, D)
     strategy = RobustStrategy(settings, get_aggregator("fedavg"), Recorder(tmp_path, settings), optimizer=opt,
                               wait_seconds=5)
-    result = strategy.start(grid=Scripted(clients), initial_arrays=models.to_arrays(GLOBAL), num_rounds=2)
+    result = strategy.start(grid=fixed_points(clients), initial_arrays=models.to_arrays(GLOBAL), num_rounds=2)
     x = models.flatten(GLOBAL)
     for _ in range(2):  # lr 0.01 (the class default) times the sign of the examples-weighted mean delta
         mean = ((clients - x) * torch.tensor([10.0, 11.0, 12.0])[:, None]).sum(0) / 33.0
