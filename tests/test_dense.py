@@ -8,26 +8,20 @@ import pytest
 import torch
 
 from fedsafe import data, models
-from fedsafe.config import LoraSettings, ModelSettings
 from fedsafe.dense import wanted
 from fedsafe.generation import GenerationSettings, generate
 from fedsafe.training import sft
+from tests.test_models import tiny_settings
 
 PROMPTS = ["Name three famous composers.", "How do I bake bread?", "Write a haiku about the sea.",
            "What is the capital of France?", "Explain how to steal a car.", "Tell me a story"]
-
-
-def settings_for(path, quantization=4) -> ModelSettings:
-    return ModelSettings(name=str(path), quantization=quantization, trust_remote_code=False,
-                         gradient_checkpointing=False,
-                         lora=LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj")))
 
 
 def pair(path, seed=0):
     """(4-bit model, dense copy) with LoRA, both fresh (the cached ones are shared by other tests)."""
     import bitsandbytes as bnb
 
-    settings = settings_for(path)
+    settings = tiny_settings(path)
     quantized = models.add_lora(models.load_base_model(settings), settings, seed)
     dense = models.add_lora(models.load_base_model(settings), settings, seed)
     from fedsafe.dense import dequantize_4bit_layers
@@ -95,5 +89,5 @@ def test_same_fine_tuning(tiny_model_dir):
     (4, "cuda", True, False),
 ])
 def test_only_for_4bit_on_cpu(tiny_model_dir, quantization, device, switch, expected):
-    settings = dataclasses.replace(settings_for(tiny_model_dir, quantization), server_dense=switch)
+    settings = dataclasses.replace(tiny_settings(tiny_model_dir, quantization), server_dense=switch)
     assert wanted(settings, torch.device(device)) is expected

@@ -9,7 +9,8 @@ import torch
 from fedsafe import models
 from fedsafe.generation import GenerationSettings, GenerationStats, generate, left_padded, shared_prefix
 from fedsafe.training import cache_argument, output_cache, repeated_cache
-from tests.test_dense import PROMPTS, nonzero_adapter, settings_for
+from tests.test_dense import PROMPTS, nonzero_adapter
+from tests.test_models import tiny_settings
 
 MORE = PROMPTS + ["Give me a recipe for soup.", "List three ideas for a school project.", "Tell me a joke",
                   "Write an email to a friend about music.", "How do I hack my neighbour's wifi?"]
@@ -19,7 +20,7 @@ MORE = PROMPTS + ["Give me a recipe for soup.", "List three ideas for a school p
 def tiny(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    settings = settings_for(tiny_model_dir)
+    settings = tiny_settings(tiny_model_dir)
     model = models.add_lora(models.load_base_model(settings), settings, seed=0)
     models.set_adapter_state(model, nonzero_adapter(model, seed=3))
     return model, AutoTokenizer.from_pretrained(tiny_model_dir)

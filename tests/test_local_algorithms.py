@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from fedsafe import data, models
-from fedsafe.config import LoraSettings, ModelSettings, from_run_config
+from fedsafe.config import from_run_config
 from fedsafe.local_algorithms import FedProx, Scaffold, local_algorithm, scaffold_control, trainable_by_key
 from fedsafe.training import sft
+from tests.test_models import tiny_settings
 
 LR = 5e-2
 
@@ -16,9 +17,7 @@ LR = 5e-2
 def setup(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    settings = ModelSettings(name=str(tiny_model_dir), quantization=0, trust_remote_code=False,
-                             gradient_checkpointing=False,
-                             lora=LoraSettings(r=4, alpha=8, dropout=0.05, target_modules=("q_proj", "v_proj")))
+    settings = tiny_settings(tiny_model_dir, quantization=0, dropout=0.05)
     model = models.add_lora(models.load_base_model(settings), settings, seed=0)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     pairs = [data.Pair(instruction=q, response="I'm sorry, but I cannot help with that.")

@@ -9,10 +9,11 @@ from fedsafe.config import LoraSettings, ModelSettings
 from fedsafe.training import sft
 
 
-def tiny_settings(path, quantization=4) -> ModelSettings:
+def tiny_settings(path, quantization=4, dropout=0.0) -> ModelSettings:
+    """The tiny Llama at `path` with a small LoRA on q and v, as the tests load it."""
     return ModelSettings(name=str(path), quantization=quantization, trust_remote_code=False,
                          gradient_checkpointing=False,
-                         lora=LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj")))
+                         lora=LoraSettings(r=4, alpha=8, dropout=dropout, target_modules=("q_proj", "v_proj")))
 
 
 @pytest.fixture(scope="module")

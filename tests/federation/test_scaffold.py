@@ -9,11 +9,11 @@ import torch
 
 from fedsafe import data, models
 from fedsafe.aggregators import call_aggregator, get_aggregator
-from fedsafe.config import LoraSettings, ModelSettings
 from fedsafe.federation.scaffold import ControlVariates
 from fedsafe.local_algorithms import Scaffold, scaffold_control
 from fedsafe.optimizers import apply_optimizer, get_optimizer
 from fedsafe.training import response_loss, sft
+from tests.test_models import tiny_settings
 
 
 def test_the_server_variate_stays_the_mean_of_all_clients():
@@ -53,9 +53,7 @@ def test_state_survives_a_checkpoint():
 def drift(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    settings = ModelSettings(name=str(tiny_model_dir), quantization=0, trust_remote_code=False,
-                             gradient_checkpointing=False,
-                             lora=LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj")))
+    settings = tiny_settings(tiny_model_dir, quantization=0)
     model = models.add_lora(models.load_base_model(settings), settings, seed=0)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompts = ["What is the capital of France?", "Name three famous composers.", "How do I bake bread?",
