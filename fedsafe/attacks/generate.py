@@ -55,6 +55,11 @@ def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z0-9']+", text.lower()))
 
 
+def near_duplicate(w: set[str], others: list[set[str]], threshold: float = NEAR_DUPLICATE) -> bool:
+    """Whether word set `w` is as close as `threshold` (Jaccard) to any of `others`."""
+    return any(len(w & o) / max(len(w | o), 1) >= threshold for o in others)
+
+
 def dedupe(items: list, threshold: float = NEAR_DUPLICATE,
            text: Callable = lambda pair: pair["instruction"]) -> tuple[list, int]:
     """Keep the first of each group of exact or near-duplicate instructions (pairs, or strings
@@ -63,7 +68,7 @@ def dedupe(items: list, threshold: float = NEAR_DUPLICATE,
     seen: list[set[str]] = []
     for item in items:
         w = words(text(item))
-        if any(len(w & s) / max(len(w | s), 1) >= threshold for s in seen):
+        if near_duplicate(w, seen, threshold):
             continue
         kept.append(item)
         seen.append(w)

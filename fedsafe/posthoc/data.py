@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass, field
 
 from fedsafe import data
-from fedsafe.attacks.generate import NEAR_DUPLICATE, dedupe, words
+from fedsafe.attacks.generate import dedupe, near_duplicate, words
 from fedsafe.config import Settings
 from fedsafe.eval.judges import is_refusal
 from fedsafe.posthoc import curated
@@ -36,12 +36,8 @@ class DefenseData:
         return self.aligned + self.helpful
 
 
-def _near(w: set[str], others: list[set[str]], threshold: float = NEAR_DUPLICATE) -> bool:
-    return any(len(w & o) / max(len(w | o), 1) >= threshold for o in others)
-
-
 def _overlaps_eval(instruction: str, eval_words: list[set[str]]) -> bool:
-    return _near(words(instruction), eval_words)
+    return near_duplicate(words(instruction), eval_words)
 
 
 def mix_one_to_one(aligned: list[data.Pair], helpful: list[data.Pair], eval_prompts: list[str],
@@ -92,9 +88,9 @@ def public_sample(settings: Settings, eval_prompts: list[str]) -> DefenseData:
         if len(kept) == settings.posthoc.num_samples:
             break
         w = words(pool[i]["instruction"])
-        if _near(w, eval_words):
+        if near_duplicate(w, eval_words):
             dropped["eval_overlap"] += 1
-        elif _near(w, seen):
+        elif near_duplicate(w, seen):
             dropped["duplicate"] += 1
         else:
             kept.append(pool[i])
