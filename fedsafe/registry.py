@@ -18,6 +18,11 @@ _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
+def plugin_name(plugin) -> str:
+    """What error messages call a plug-in: its registered name, else its function or class name."""
+    return getattr(plugin, "name", None) or getattr(plugin, "__name__", None) or type(plugin).__name__
+
+
 class Registry:
     def __init__(self, kind: str, example: str):
         self.kind = kind  # "aggregator", "optimizer": the word every error message uses

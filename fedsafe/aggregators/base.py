@@ -31,6 +31,8 @@ from typing import Any, Protocol, Sequence
 import torch
 
 from fedsafe.aggregators.chunks import column_chunks
+from fedsafe.registry import plugin_name
+
 
 @dataclass
 class AggregationResult:
@@ -81,20 +83,20 @@ def call_aggregator(agg, updates: torch.Tensor, weights: torch.Tensor, *,
     extra: dict[str, Any] = {}
     if getattr(agg, "needs_client_ids", False):
         if client_ids is None or len(client_ids) != n:
-            raise ValueError(f"{_name(agg)} needs client_ids, one per update row ({n})")
+            raise ValueError(f"{plugin_name(agg)} needs client_ids, one per update row ({n})")
         extra["client_ids"] = [int(c) for c in client_ids]
     if getattr(agg, "needs_probe", False):
         if probe is None:
-            raise ValueError(f"{_name(agg)} needs a behaviour probe, none was given")
+            raise ValueError(f"{plugin_name(agg)} needs a behaviour probe, none was given")
         extra["probe"] = probe
     if getattr(agg, "needs_malicious", False):
         if malicious is None or len(malicious) != n:
-            raise ValueError(f"{_name(agg)} needs malicious, one bool per update row ({n})")
+            raise ValueError(f"{plugin_name(agg)} needs malicious, one bool per update row ({n})")
         extra["malicious"] = [bool(m) for m in malicious]
     if getattr(agg, "takes_reserves", False):
         extra["keep_at_most"] = n if keep_at_most is None else keep_at_most
     result = agg(updates, weights, **extra)
-    check_result(result, n, d, _name(agg))
+    check_result(result, n, d, plugin_name(agg))
     return result
 
 
@@ -214,7 +216,3 @@ def _finite(t: torch.Tensor) -> bool:
 
 def _shape(x) -> str:
     return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
-
-
-def _name(agg) -> str:
-    return getattr(agg, "name", None) or getattr(agg, "__name__", None) or type(agg).__name__

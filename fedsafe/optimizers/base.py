@@ -15,6 +15,8 @@ from typing import Protocol
 
 import torch
 
+from fedsafe.registry import plugin_name
+
 
 class ServerOptimizer(Protocol):
     def __call__(self, global_vector: torch.Tensor, update: torch.Tensor) -> torch.Tensor: ...
@@ -28,15 +30,11 @@ def apply_optimizer(opt, global_vector: torch.Tensor, update: torch.Tensor) -> t
                          f"{tuple(global_vector.shape)} and {tuple(update.shape)}")
     new = opt(global_vector, update)
     if not isinstance(new, torch.Tensor) or new.shape != global_vector.shape:
-        raise TypeError(f"{name_of(opt)} returned {_shape(new)}; expected a tensor of shape "
+        raise TypeError(f"{plugin_name(opt)} returned {_shape(new)}; expected a tensor of shape "
                         f"{tuple(global_vector.shape)}")
     if not torch.isfinite(new).all():
-        raise ValueError(f"{name_of(opt)} returned non-finite values")
+        raise ValueError(f"{plugin_name(opt)} returned non-finite values")
     return new.to(global_vector.dtype)
-
-
-def name_of(opt) -> str:
-    return getattr(opt, "name", None) or getattr(opt, "__name__", None) or type(opt).__name__
 
 
 def _shape(value) -> str:
