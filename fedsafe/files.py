@@ -4,10 +4,22 @@ later run would trust. JSON and safetensors only; nothing here unpickles."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+
+def toml_value(v) -> str:
+    """One value as TOML writes it (run-config files, the generated pyproject block)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, int | float):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -29,8 +29,16 @@ from fedsafe import preflight
 from fedsafe.check_run import problems, run_dir_from
 from fedsafe.config import from_run_config
 from fedsafe.eval.plots import DPI, STAGES
-from fedsafe.files import read_json, write_json, write_text
-from fedsafe.launch import Flwr, SetupError, app_defaults, federation, signals_ignored, stop_group, stop_signals
+from fedsafe.files import read_json, toml_value, write_json, write_text
+from fedsafe.launch import (
+    Flwr,
+    SetupError,
+    app_defaults,
+    federation,
+    signals_ignored,
+    stop_group,
+    stop_signals,
+)
 from fedsafe.local_superlink import LocalSuperLink
 
 IGNORED = ("output-dir", "resume-from")  # config keys that may differ between a run and its rerun
@@ -95,18 +103,8 @@ def resolve(cell: Cell, overrides: dict, out: Path, defaults: dict) -> tuple[dic
     return resolved, from_run_config({**defaults, **resolved}).flat
 
 
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float) and not math.isfinite(v):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    if isinstance(v, int | float):
-        return repr(v)
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
 def to_toml(flat: dict) -> str:
-    return "".join(f'"{k}" = {_toml_value(v)}\n' for k, v in flat.items())
+    return "".join(f'"{k}" = {toml_value(v)}\n' for k, v in flat.items())
 
 
 def complete_run(cell_dir: Path, config: dict) -> Path | None:
@@ -151,7 +149,7 @@ def flwr_run(flwr: Flwr, app: Path, cell_toml: Path, log: Path, timeout: float) 
 def branch_run(source: Path, cell: Cell, cell_dir: Path, log: Path, env: dict, timeout: float) -> bool:
     """`fedsafe posthoc SOURCE` with the cell's post-hoc/eval keys; False past `timeout`."""
     keys = {k: v for k, v in cell.overrides.items() if k.startswith(("posthoc.", "eval."))}
-    spec = " ".join(f"{k}={_toml_value(v)}" for k, v in {**keys, "output-dir": str(cell_dir)}.items())
+    spec = " ".join(f"{k}={toml_value(v)}" for k, v in {**keys, "output-dir": str(cell_dir)}.items())
     cmd = [sys.executable, "-m", "fedsafe.cli", "posthoc", str(source), "--run-config", spec]
     return _run_logged(cmd, log, env, timeout)
 

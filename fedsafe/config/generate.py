@@ -8,25 +8,17 @@ docs/configuration.md. A test fails when either is stale; regenerate both with
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from fedsafe.config.parse import declared_keys
+from fedsafe.files import toml_value
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = "[tool.flwr.app.config]"
 PARAMS_NOTE = {"defense": "# Parameters of each registered aggregator (used when it is the one selected).",
                "fl": "# Parameters of each registered server optimizer (used when it is the one selected)."}
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
 
 
 def _constructor_defaults(section: str, entries: dict) -> dict[str, Any]:
@@ -57,18 +49,18 @@ def pyproject_block() -> str:
     plugins = {"defense": aggregator_params(), "fl": optimizer_params()}
     keys = list(declared_keys())
     for i, key in enumerate(keys):
-        lines.append(f"{key} = {_toml(declared_keys()[key].default)}")
+        lines.append(f"{key} = {toml_value(declared_keys()[key].default)}")
         section = key.split(".")[0]
         if section in plugins and (i + 1 == len(keys) or keys[i + 1].split(".")[0] != section):
             lines.append(PARAMS_NOTE[section])  # after the section's last declared key
-            lines += [f"{k} = {_toml(v)}" for k, v in plugins[section].items()]
+            lines += [f"{k} = {toml_value(v)}" for k, v in plugins[section].items()]
     return "\n".join(lines) + "\n"
 
 
 def _accepted(spec) -> str:
     options = getattr(spec.check, "options", None)
     if options:
-        return ", ".join(f"`{_toml(o)}`" for o in options)
+        return ", ".join(f"`{toml_value(o)}`" for o in options)
     return ""
 
 
@@ -85,13 +77,13 @@ def configuration_md() -> str:
             lines += ["", f"## {section}", "", "| key | type | default | help |", "|---|---|---|---|"]
         accepted = _accepted(spec)
         help_text = spec.help + (f" (one of {accepted})" if accepted else "")
-        lines.append(f"| `{key}` | {spec.kind.__name__} | `{_toml(spec.default)}` | {help_text} |")
+        lines.append(f"| `{key}` | {spec.kind.__name__} | `{toml_value(spec.default)}` | {help_text} |")
     for title, what, params in (("aggregator parameters", "`defense.<aggregator>.<param>` reaches the chosen "
                                  "aggregator's constructor", aggregator_params()),
                                 ("server optimizer parameters", "`fl.<optimizer>.<param>` reaches the chosen server "
                                  "optimizer's constructor", optimizer_params())):
         lines += ["", f"## {title}", "", f"{what}; the built-in defaults:", "", "| key | default |", "|---|---|"]
-        lines += [f"| `{k}` | `{_toml(v)}` |" for k, v in params.items()]
+        lines += [f"| `{k}` | `{toml_value(v)}` |" for k, v in params.items()]
     return "\n".join(lines) + "\n"
 
 
