@@ -77,11 +77,8 @@ def app_defaults(app: Path) -> dict:
 
 
 @contextlib.contextmanager
-def stop_signals():
-    """SIGINT/SIGTERM/SIGHUP raise `Interrupted` in the main thread while inside."""
-    def handler(signum, _frame):
-        raise Interrupted(signum)
-
+def _stop_signals_handled(handler):
+    """STOP_SIGNALS go to `handler` while inside; the previous handlers come back after."""
     previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield
@@ -90,15 +87,17 @@ def stop_signals():
             signal.signal(s, old)
 
 
-@contextlib.contextmanager
+def stop_signals():
+    """SIGINT/SIGTERM/SIGHUP raise `Interrupted` in the main thread while inside."""
+    def handler(signum, _frame):
+        raise Interrupted(signum)
+
+    return _stop_signals_handled(handler)
+
+
 def signals_ignored():
     """Cleanup runs to its end: a second Ctrl-C would leave a run or a SuperLink behind."""
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
+    return _stop_signals_handled(signal.SIG_IGN)
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
