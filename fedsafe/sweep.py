@@ -27,7 +27,7 @@ from pathlib import Path
 
 from fedsafe import preflight
 from fedsafe.check_run import problems, run_dir_from
-from fedsafe.config import from_run_config
+from fedsafe.config import Settings, from_run_config
 from fedsafe.eval.plots import DPI, STAGES
 from fedsafe.files import read_json, toml_value, write_json, write_text
 from fedsafe.launch import (
@@ -92,15 +92,15 @@ def _check_out(out: Path, app: Path) -> None:
                          "pack the sweep's results into every run; use a folder outside the app or ignore it")
 
 
-def resolve(cell: Cell, overrides: dict, out: Path, defaults: dict) -> tuple[dict, dict]:
-    """The cell's --run-config overrides and the full config its ServerApp will see (validated)."""
+def resolve(cell: Cell, overrides: dict, out: Path, defaults: dict) -> tuple[dict, Settings]:
+    """The cell's --run-config overrides and the settings its ServerApp will see (validated)."""
     if overrides.get("resume-from"):
         raise SweepError("resume-from: a sweep resumes by itself (complete cells are skipped); drop the key")
     resolved = {**overrides, **cell.overrides, "output-dir": str(out / cell.name)}
     unknown = [k for k in resolved if k not in defaults]
     if unknown:
         raise SweepError(f"{unknown[0]}: not a key of the app's [tool.flwr.app.config]; flwr run rejects it")
-    return resolved, from_run_config({**defaults, **resolved}).flat
+    return resolved, from_run_config({**defaults, **resolved})
 
 
 def to_toml(flat: dict) -> str:
@@ -272,12 +272,12 @@ def run_sweep(out: Path, aggregators: list[str], levels: list[str], overrides: d
     cells = plan(aggregators, levels)
     resolved = [resolve(cell, overrides, out, defaults) for cell in cells]  # every config error first
     supernodes = connection.get("options", {}).get("num-supernodes")
-    clients = resolved[0][1]["clients.num"]
+    clients = resolved[0][1].clients.num
     if supernodes is not None and supernodes != clients:
         raise SweepError(f"the federation '{connection['name']}' has options.num-supernodes = {supernodes} but "
                          f"clients.num = {clients}: make them equal (FEDSAFE_NUM_CLIENTS for scripts/flower_env.sh)")
 
-    preflight.check(from_run_config(resolved[0][1]))  # the files every cell reads, opened once
+    preflight.check(resolved[0][1])  # the files every cell reads, opened once
 
     flwr = Flwr(env, connection, superlink)
     local = LocalSuperLink(flwr)
@@ -285,9 +285,9 @@ def run_sweep(out: Path, aggregators: list[str], levels: list[str], overrides: d
         print(f"sweep: {busy}", flush=True)
     records = []
     try:
-        for i, (cell, (cell_overrides, config)) in enumerate(zip(cells, resolved), start=1):
+        for i, (cell, (cell_overrides, settings)) in enumerate(zip(cells, resolved), start=1):
             prefix = f"[{i}/{len(cells)}] {cell.name}"
-            records.append(_run_cell(cell, cell_overrides, config, out / cell.name, prefix, records, flwr, app,
+            records.append(_run_cell(cell, cell_overrides, settings.flat, out / cell.name, prefix, records, flwr, app,
                                      timeout))
     finally:
         local.stop(lambda message: print(f"sweep: {message}", flush=True))
