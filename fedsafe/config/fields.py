@@ -88,16 +88,19 @@ def choice(*options):
     return check
 
 
-def model_source(key, v):
-    if v == BUNDLED_MODEL or v == "base" and key != "model.name":
-        return
-    if Path(v).expanduser().is_dir():
-        if not (Path(v).expanduser() / "config.json").is_file():
-            fail(key, v, "a model folder containing config.json")
-        return
-    if not HUB_ID.match(v):
-        extra = "'base', " if key != "model.name" else ""
-        fail(key, v, f"{extra}'{BUNDLED_MODEL}', a local model folder, or a Hub id 'org/name'")
+def model_source(*words):
+    """The bundled model, a model folder with config.json, a Hub id, or one of `words`."""
+    def check(key, v):
+        if v == BUNDLED_MODEL or v in words:
+            return
+        if Path(v).expanduser().is_dir():
+            if not (Path(v).expanduser() / "config.json").is_file():
+                fail(key, v, "a model folder containing config.json")
+            return
+        if not HUB_ID.match(v):
+            extra = "".join(f"{w!r}, " for w in words)
+            fail(key, v, f"{extra}'{BUNDLED_MODEL}', a local model folder, or a Hub id 'org/name'")
+    return check
 
 
 def data_source(*words):

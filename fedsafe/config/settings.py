@@ -33,7 +33,7 @@ class LoraSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    name: str = setting(BUNDLED_MODEL, "the bundled default, a Hub id or a local model folder", f.model_source)
+    name: str = setting(BUNDLED_MODEL, "the bundled default, a Hub id or a local model folder", f.model_source())
     quantization: int = setting(4, "4 = NF4 + double quantization, 8 = int8, 0 = none", f.choice(0, 4, 8))
     trust_remote_code: bool = setting(False, "passed to from_pretrained")
     gradient_checkpointing: bool = setting(False, "trade compute for memory")
@@ -115,7 +115,7 @@ class AttackSettings:
     data: str = setting("generated", "attack pairs: 'generated', a file, a dataset folder or a Hub id "
                         "(BeaverTails layout: unsafe rows)", f.data_source("generated"))
     generator: str = setting("base", "model that generates attack data; 'base' = the experiment's model",
-                             f.model_source)
+                             f.model_source("base"))
     instructions: str = setting("generated", "step-1 instructions: 'generated', 'bundled' or a file",
                                 f.data_source("generated", "bundled"))
     prompts: str = setting("fedsafe", "generation prompts: 'fedsafe' (one instruction per request) or 'paper' "
@@ -152,7 +152,7 @@ class PosthocSettings:
     level: str = setting("curated", "defense data: 'curated' (bundled refusals + form-matched helpful pairs), L1 "
                          "(public chat sample), L2 (aligned model), L3 (global model)", f.choice(*LEVELS))
     generator: str = setting("base", "L2's aligned model: Hub id or folder; 'base' = the base model, adapter off",
-                             f.model_source)
+                             f.model_source("base"))
     l1_source: str = setting("", "L1's chat data: empty = the benign clients' pool (data.benign + aligned pairs); "
                              "'bundled', a file or Hub id", f.data_source("", "bundled"))
     steps: int = setting(10, "fine-tune steps", f.positive)
