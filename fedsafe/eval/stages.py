@@ -40,9 +40,8 @@ class Evaluator:
         self.harmful = load_safety_prompts(cfg.safety.benchmark, cfg.safety.limit)
         benign = data.bundled("helpful_eval")
         self.benign = benign[: cfg.benign.limit] if cfg.benign.limit else benign
-        self.judge_spec = cfg.judge
-        self.judge = build_judge(cfg.judge)  # the primary judge: safety_rate, the probe, post-hoc
-        self.more_judges = {spec: build_judge(spec) for spec in cfg.judges[1:]}
+        self.judges = {spec: build_judge(spec) for spec in cfg.judges}  # eval.judge first
+        self.judge = next(iter(self.judges.values()))  # the primary judge: safety_rate, the probe, post-hoc
         self.generation = GenerationSettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                              temperature=cfg.temperature, top_p=cfg.top_p, seed=settings.seed)
         self.seq_length = settings.train.seq_length
@@ -79,9 +78,9 @@ class Evaluator:
         safety = judge_responses(model, tokenizer, self.harmful, self.judge, self.generation, label=f"{name} harmful")
         rows = [{"kind": "harmful", **r} for r in safety.rows()]
         metrics: dict = {"safety_rate": round(safety.rate, 4)}
-        if self.more_judges:
-            verdicts = {self.judge_spec: safety.safe}
-            verdicts |= {spec: list(judge(self.harmful, safety.responses)) for spec, judge in self.more_judges.items()}
+        if len(self.judges) > 1:  # the primary's verdicts are the answers' own
+            verdicts = {spec: safety.safe if judge is self.judge else list(judge(self.harmful, safety.responses))
+                        for spec, judge in self.judges.items()}
             metrics["safety_rates"] = {spec: _rate(flags) for spec, flags in verdicts.items()}
             for i, row in enumerate(rows):
                 row["safe_by"] = {spec: flags[i] for spec, flags in verdicts.items()}
