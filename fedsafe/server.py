@@ -47,7 +47,8 @@ class Server:
         self.evaluator = Evaluator(settings, run_dir)
         self.behaviour_probe = None
         if getattr(aggregator, "needs_probe", False):
-            harmful, helpful = probe_pairs(aggregator.probe_size, self.evaluator.harmful)
+            harmful, helpful = probe_pairs(aggregator.probe_size, self.evaluator.harmful,
+                                           getattr(aggregator, "benign_size", 0))
             models.set_adapter_state(self.model, self.initial_state)  # the base model's own answers
             started = time.perf_counter()
             compliant = compliant_pairs(self.model, self.tokenizer, harmful, settings.eval.batch_size)

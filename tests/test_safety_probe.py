@@ -270,3 +270,56 @@ def test_tolerance_counts_from_the_round_median_when_every_update_lowers_the_mar
     assert torch.allclose(result.update, torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0]))  # the kept three, by examples
     lowering = lambda u: stand_in_scores(u.sum(1) * -0.5)  # noqa: E731
     assert call_aggregator(get_aggregator("safety-probe"), updates, torch.ones(4), probe=lowering).flagged.all()
+
+
+def test_two_sided_excludes_an_update_that_trains_benign_prompts_to_refusals():
+    """Every update passes the harmful side (margins +0.04..+0.06); row 3 raises the over-refusal
+    margin by 0.6 where the others move it by 0.01 at most: one-sided keeps it, two-sided flags
+    exactly it, and says which side did."""
+    from fedsafe.aggregators import call_aggregator, get_aggregator
+
+    updates = torch.randn(5, 10, generator=torch.Generator().manual_seed(0))
+    margin = torch.tensor([0.05, 0.04, 0.06, 0.05, 0.05])
+    over = torch.tensor([0.01, 0.0, -0.01, 0.6, 0.005])
+    probe = lambda u: stand_in_scores(margin, over)  # noqa: E731
+    one = call_aggregator(get_aggregator("safety-probe"), updates, torch.ones(5), probe=probe)
+    two = call_aggregator(get_aggregator("safety-probe", benign_k=3.0), updates, torch.ones(5), probe=probe)
+    assert not one.flagged.any()
+    assert two.flagged.tolist() == [False, False, False, True, False]
+    assert two.info["flagged_by"] == ["", "", "", "benign", ""]
+    assert torch.equal(two.update, updates[[0, 1, 2, 4]].mean(0))
+
+
+def test_two_sided_mirrors_the_harmful_tolerance():
+    """With every update raising over-refusal (median 0.15), the ceiling counts from the median
+    up to benign_tolerance (0.1 + 0.1 = 0.2): 0.19 passes, 0.25 does not; k is out of play
+    (equal spread)."""
+    from fedsafe.aggregators import call_aggregator, get_aggregator
+
+    over = torch.tensor([0.1, 0.15, 0.19, 0.25])
+    agg = get_aggregator("safety-probe", benign_k=100.0, benign_tolerance=0.1)
+    result = call_aggregator(agg, torch.randn(4, 6), torch.ones(4), probe=lambda u: stand_in_scores(torch.zeros(4), over))
+    assert result.flagged.tolist() == [False, False, False, True]
+
+
+def test_one_sided_default_is_unchanged_by_the_benign_column():
+    """benign_k = 0: the same result whatever the over-refusal column holds."""
+    from fedsafe.aggregators import call_aggregator, get_aggregator
+
+    g = torch.Generator().manual_seed(1)
+    updates, margin = torch.randn(6, 8, generator=g), torch.randn(6, generator=g) * 0.1
+    results = [call_aggregator(get_aggregator("safety-probe"), updates, torch.ones(6),
+                               probe=lambda u, o=over: stand_in_scores(margin, o))
+               for over in (torch.zeros(6), torch.randn(6, generator=g))]
+    assert torch.equal(results[0].update, results[1].update) and torch.equal(results[0].flagged, results[1].flagged)
+    assert "flagged_by" not in results[0].info
+
+
+def test_benign_probe_size_is_configurable_and_bounded():
+    from fedsafe.aggregators import get_aggregator
+
+    assert [len(side) for side in probe_pairs(8, [], 20)] == [8, 20]
+    assert [len(side) for side in probe_pairs(8, [])] == [8, 4]  # the default: half
+    for bad in ({"benign_size": 31}, {"probe_size": 31}, {"benign_size": -1}, {"benign_k": -1.0}):
+        with pytest.raises(ValueError):
+            get_aggregator("safety-probe", **bad)

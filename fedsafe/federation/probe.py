@@ -42,16 +42,17 @@ def _disjoint(pairs: list[data.Pair], eval_prompts: list[str]) -> None:
 
 
 def benign_probe_size(size: int) -> int:
-    """Half as many benign probe prompts as harmful ones: the refusal margin decides, the helpful
-    column is for the reader, and every pair is scored n + 1 times a round."""
+    """Half as many benign probe prompts as harmful ones: the refusal margin decides unless the
+    rule is two-sided, and every pair is scored n + 1 times a round."""
     return max(1, size // 2)
 
 
-def probe_pairs(size: int, eval_prompts: list[str]) -> tuple[list[data.Pair], list[data.Pair]]:
-    """`size` harmful pairs (refusal targets) and `benign_probe_size(size)` helpful ones."""
-    harmful, helpful = data.bundled("harmful_probe")[:size], data.bundled("helpful_probe")[:benign_probe_size(size)]
-    _disjoint(harmful + helpful, eval_prompts)
-    return harmful, helpful
+def probe_pairs(size: int, eval_prompts: list[str], benign_size: int = 0) -> tuple[list[data.Pair], list[data.Pair]]:
+    """`size` harmful pairs (refusal targets) and `benign_size` helpful ones (0: `benign_probe_size`)."""
+    benign = data.bundled("helpful_probe")[:benign_size or benign_probe_size(size)]
+    harmful = data.bundled("harmful_probe")[:size]
+    _disjoint(harmful + benign, eval_prompts)
+    return harmful, benign
 
 
 def selection_prompts(size: int, eval_prompts: list[str]) -> tuple[list[str], list[str]]:
